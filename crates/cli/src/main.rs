@@ -1,0 +1,39 @@
+//! `gaze`: fine-tune Vision Transformers and show where transformers look.
+//!
+//! A thin binary: each subcommand parses its arguments and calls the libraries.
+
+mod classify;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Vision Transformers in Rust: timm weights, predictions, evaluation.
+#[derive(Parser)]
+#[command(name = "gaze", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Predict(classify::PredictArgs),
+    Eval(classify::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Predict(args) => classify::predict(args),
+        Command::Eval(args) => classify::eval(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Finding images on disk, and the course's `{label}_{id}.jpg` naming.
+
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Expands files and folders (one level, image extensions only) into a sorted list of
+/// image paths. A missing path or a folder without images is an error.
+pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
+    let mut images = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(|e| DataError::io(input, e))?;
+        if meta.is_dir() {
+            let before = images.len();
+            for entry in std::fs::read_dir(input).map_err(|e| DataError::io(input, e))? {
+                let path = entry.map_err(|e| DataError::io(input, e))?.path();
+                if path.is_file() && is_image(&path) {
+                    images.push(path);
+                }
+            }
+            if images.len() == before {
+                return Err(DataError::NoImages { path: input.clone() });
+            }
+        } else {
+            images.push(input.clone());
+        }
+    }
+    images.sort();
+    images.dedup();
+    Ok(images)
+}
+
+/// An image whose class is known from its file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabeledImage {
+    pub path: PathBuf,
+    pub label: usize,
+}
+
+/// The class index of a `{label}_{id}.{jpg,jpeg,png}` file name.
+pub fn parse_label(path: &Path) -> Result<usize, DataError> {
+    let bad = |reason: &str| DataError::BadName {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    if !is_image(path) {
+        return Err(bad("extension is not .jpg, .jpeg or .png"));
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| bad("not UTF-8"))?;
+    let (label, id) = stem
+        .split_once('_')
+        .ok_or_else(|| bad("no `_` between label and id"))?;
+    if id.is_empty() {
+        return Err(bad("empty id"));
+    }
+    label.parse().map_err(|_| bad("label is not a whole number"))
+}
+
+/// Every image in `dir` with its label, sorted by path. Fails listing **all** badly named
+/// files at once, so they can be fixed in one go.
+pub fn labeled_images(dir: &Path) -> Result<Vec<LabeledImage>, DataError> {
+    let paths = collect_images(&[dir.to_path_buf()])?;
+    let mut images = Vec::with_capacity(paths.len());
+    let mut bad = Vec::new();
+    for path in paths {
+        match parse_label(&path) {
+            Ok(label) => images.push(LabeledImage { path, label }),
+            Err(e) => bad.push(e),
+        }
+    }
+    match bad.len() {
+        0 => Ok(images),
+        1 => Err(bad.remove(0)),
+        n => {
+            let first = bad.remove(0);
+            let rest: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
+            Err(DataError::BadName {
+                path: dir.to_path_buf(),
+                reason: format!("{n} files misnamed: {first}; {}", rest.join("; ")),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_from_names() {
+        assert_eq!(parse_label(Path::new("p1_data/val/26_5064.jpg")).unwrap(), 26);
+        assert_eq!(parse_label(Path::new("0_1.PNG")).unwrap(), 0);
+        for bad in ["cat_1.jpg", "12.jpg", "12_.jpg", "3_4.txt"] {
+            let err = parse_label(Path::new(bad)).unwrap_err().to_string();
+            assert!(err.starts_with(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn folders_expand_sorted_and_empty_folders_fail() {
+        let dir = std::env::temp_dir().join(format!("gaze-data-collect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(
+            collect_images(&[dir.clone()]),
+            Err(DataError::NoImages { .. })
+        ));
+        for name in ["2_1.jpg", "10_3.png", "notes.txt"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let found = collect_images(&[dir.clone()]).unwrap();
+        let names: Vec<_> = found
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["10_3.png", "2_1.jpg"]);
+        let labeled = labeled_images(&dir).unwrap();
+        assert_eq!(labeled.iter().map(|l| l.label).collect::<Vec<_>>(), [10, 2]);
+        assert!(matches!(
+            collect_images(&[dir.join("missing")]),
+            Err(DataError::NotFound { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,37 @@
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong between a path and a tensor. Each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable image ({reason}); re-export it as JPEG or PNG or remove it")]
+    Decode { path: PathBuf, reason: String },
+    #[error(
+        "{path}: file name does not match `{{label}}_{{id}}.jpg` ({reason}); rename it, e.g. `12_345.jpg`"
+    )]
+    BadName { path: PathBuf, reason: String },
+    #[error("{path}: no .jpg, .jpeg or .png images found; point at a folder of images")]
+    NoImages { path: PathBuf },
+    #[error("{path}: no such file or folder")]
+    NotFound { path: PathBuf },
+}
+
+impl DataError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Vision Transformer, as in "An Image is Worth 16x16 Words: Transformers for Image
+//! Recognition at Scale" (Dosovitskiy et al., 2021, <https://arxiv.org/abs/2010.11929>),
+//! laid out exactly like timm's `VisionTransformer` so that timm checkpoints load by name.
+//!
+//! * [`VitConfig`] holds the architecture and the preprocessing that belongs to its weights,
+//!   with named presets (`VitConfig::preset("vit_small_patch16_384")`).
+//! * [`VisionTransformer`] has a fast forward and one that returns every block's attention.
+//! * [`checkpoint`] reads timm `.safetensors` and `.pth` files and writes `.safetensors` with
+//!   timm's key names, so weights travel both ways.
+//! * [`resample_pos_embed`] adapts position embeddings to another grid as timm does.
+
+pub mod checkpoint;
+mod config;
+mod device;
+pub mod infer;
+pub mod metrics;
+mod model;
+mod pos_embed;
+
+pub use checkpoint::{Checkpoint, HeadInit, LoadError, load_pretrained, load_vit, save_vit};
+pub use config::{PRESETS, VitConfig};
+pub use device::{DeviceError, available_devices, parse_device};
+pub use infer::classify_files;
+pub use metrics::{ClassificationMetrics, classification_metrics};
+pub use model::{Attention, Block, Mlp, PatchEmbed, VisionTransformer, VitOutput};
+pub use pos_embed::resample_pos_embed;

@@ -1,0 +1,288 @@
+//! The network. Field names are timm's state-dict keys, so a timm checkpoint maps onto it
+//! one to one: `patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.{norm1, attn.qkv,
+//! attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`, `head`.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor};
+
+use crate::VitConfig;
+
+/// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
+fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+        .init(device)
+}
+
+/// Image to patch tokens: a stride-`p` convolution with a `p x p` kernel.
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+}
+
+impl PatchEmbed {
+    fn new(config: &VitConfig, device: &Device) -> Self {
+        let p = config.patch_size;
+        let proj = Conv2dConfig::new([config.in_chans, config.embed_dim], [p, p])
+            .with_stride([p, p])
+            .init(device);
+        Self { proj }
+    }
+
+    /// `[batch, 3, h, w]` to `[batch, patches, dim]`, patches row-major over the grid.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
+        self.proj
+            .forward(images) // [batch, dim, gh, gw]
+            .flatten::<3>(2, 3) // [batch, dim, patches]
+            .swap_dims(1, 2)
+    }
+}
+
+/// Multi-head self-attention with timm's fused `qkv` projection.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    num_heads: usize,
+}
+
+impl Attention {
+    fn new(config: &VitConfig, device: &Device) -> Self {
+        let d = config.embed_dim;
+        Self {
+            qkv: linear(d, 3 * d, config.qkv_bias, device),
+            proj: linear(d, d, true, device),
+            num_heads: config.num_heads,
+        }
+    }
+
+    /// Queries, keys and values, each `[batch, heads, tokens, head_dim]`. The fused weight's
+    /// output rows are `s * dim + h * head_dim + d` for s in (q, k, v), so a chunk per `s`
+    /// then a head split reproduces timm's `reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`.
+    fn qkv(&self, x: Tensor<3>) -> [Tensor<4>; 3] {
+        let [batch, tokens, dim] = x.dims();
+        let heads = self.num_heads;
+        let split =
+            |t: Tensor<3>| -> Tensor<4> { t.reshape([batch, tokens, heads, dim / heads]).swap_dims(1, 2) };
+        let mut qkv = self.qkv.forward(x).chunk(3, 2).into_iter().map(split);
+        [qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap()]
+    }
+
+    fn merge_heads(&self, context: Tensor<4>) -> Tensor<3> {
+        let [batch, heads, tokens, head_dim] = context.dims();
+        // [batch, heads, tokens, head_dim] -> [batch, tokens, heads * head_dim]
+        let merged = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
+        self.proj.forward(merged)
+    }
+
+    /// Fused scaled-dot-product attention; the backend may never materialise the weights.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [q, k, v] = self.qkv(x);
+        let context = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        self.merge_heads(context)
+    }
+
+    /// Explicit `softmax(q k^T / sqrt(d)) v`, also returning the attention probabilities
+    /// `[batch, heads, queries, keys]`.
+    pub fn forward_with_weights(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+        let [q, k, v] = self.qkv(x);
+        let [.., head_dim] = q.dims();
+        let scale = (head_dim as f64).powf(-0.5);
+        let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)); // [batch, heads, n, n]
+        let weights = softmax(scores, 3);
+        let context = weights.clone().matmul(v);
+        (self.merge_heads(context), weights)
+    }
+}
+
+/// `fc1`, exact (erf) GELU, `fc2`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    fn new(config: &VitConfig, device: &Device) -> Self {
+        let hidden = (config.embed_dim as f64 * config.mlp_ratio) as usize;
+        Self {
+            fc1: linear(config.embed_dim, hidden, true, device),
+            fc2: linear(hidden, config.embed_dim, true, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+}
+
+/// Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    fn new(config: &VitConfig, device: &Device) -> Self {
+        let norm = || {
+            LayerNormConfig::new(config.embed_dim)
+                .with_epsilon(config.norm_eps)
+                .init(device)
+        };
+        Self {
+            norm1: norm(),
+            attn: Attention::new(config, device),
+            norm2: norm(),
+            mlp: Mlp::new(config, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    }
+
+    pub fn forward_with_weights(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+        let (attended, weights) = self.attn.forward_with_weights(self.norm1.forward(x.clone()));
+        let x = x + attended;
+        (x.clone() + self.mlp.forward(self.norm2.forward(x)), weights)
+    }
+}
+
+/// Logits and, per block, the attention probabilities `[batch, heads, tokens, tokens]`.
+/// Token 0 is the class token; token `1 + r * grid_w + c` is patch `(r, c)`.
+#[derive(Debug, Clone)]
+pub struct VitOutput {
+    pub logits: Tensor<2>,
+    pub attentions: Vec<Tensor<4>>,
+}
+
+/// timm's `VisionTransformer` with class-token pooling.
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    pub patch_embed: PatchEmbed,
+    pub cls_token: Param<Tensor<3>>,
+    pub pos_embed: Param<Tensor<3>>,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    pub head: Linear,
+}
+
+impl VitConfig {
+    /// A randomly initialised model, with timm's initialisation scales.
+    pub fn init(&self, device: &Device) -> VisionTransformer {
+        assert_eq!(
+            self.embed_dim % self.num_heads,
+            0,
+            "embed_dim must divide into heads"
+        );
+        let d = self.embed_dim;
+        let pos = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let cls = Initializer::Normal { mean: 0.0, std: 1e-6 };
+        VisionTransformer {
+            patch_embed: PatchEmbed::new(self, device),
+            cls_token: cls.init([1, 1, d], device),
+            pos_embed: pos.init([1, self.num_tokens(), d], device),
+            blocks: (0..self.depth).map(|_| Block::new(self, device)).collect(),
+            norm: LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device),
+            head: linear(d, self.num_classes, true, device),
+        }
+    }
+}
+
+impl VisionTransformer {
+    /// Tokens before the blocks: `[batch, 1 + patches, dim]`, class token first, position
+    /// embedding added after the class token is prepended.
+    fn embed(&self, images: Tensor<4>) -> Tensor<3> {
+        let patches = self.patch_embed.forward(images);
+        let [batch, _, dim] = patches.dims();
+        let cls = self.cls_token.val().expand([batch, 1, dim]);
+        Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val()
+    }
+
+    fn classify(&self, tokens: Tensor<3>) -> Tensor<2> {
+        let [batch, _, dim] = tokens.dims();
+        let cls = self.norm.forward(tokens).narrow(1, 0, 1).reshape([batch, dim]);
+        self.head.forward(cls)
+    }
+
+    /// Logits `[batch, classes]` for normalised images `[batch, 3, h, w]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let tokens = self
+            .blocks
+            .iter()
+            .fold(self.embed(images), |x, block| block.forward(x));
+        self.classify(tokens)
+    }
+
+    /// Logits and every block's attention probabilities, through the explicit softmax path.
+    pub fn forward_with_attention(&self, images: Tensor<4>) -> VitOutput {
+        let mut tokens = self.embed(images);
+        let mut attentions = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (next, weights) = block.forward_with_weights(tokens);
+            tokens = next;
+            attentions.push(weights);
+        }
+        VitOutput {
+            logits: self.classify(tokens),
+            attentions,
+        }
+    }
+
+    /// Number of classifier outputs.
+    pub fn num_classes(&self) -> usize {
+        self.head.weight.dims()[1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    fn tiny() -> VitConfig {
+        VitConfig::new()
+            .with_img_size([32, 48])
+            .with_patch_size(16)
+            .with_embed_dim(24)
+            .with_depth(2)
+            .with_num_heads(3)
+            .with_num_classes(5)
+    }
+
+    #[test]
+    fn explicit_attention_equals_fused() {
+        let device = Device::flex();
+        device.seed(7);
+        let model = tiny().init(&device);
+        let images = Tensor::<4>::random([2, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+        let fast = model.forward(images.clone());
+        let explicit = model.forward_with_attention(images);
+        fast.into_data()
+            .assert_approx_eq::<f32>(&explicit.logits.into_data(), Tolerance::absolute(1e-5));
+        assert_eq!(explicit.attentions.len(), 2);
+        let weights = explicit.attentions[1].clone();
+        assert_eq!(weights.dims(), [2, 3, 7, 7]);
+        let row_sums = weights.sum_dim(3).into_data().try_to_vec::<f32>().unwrap();
+        assert!(row_sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{row_sums:?}");
+    }
+
+    #[test]
+    fn shapes_follow_the_config() {
+        let model = tiny().init(&Device::flex());
+        assert_eq!(model.pos_embed.dims(), [1, 7, 24]);
+        assert_eq!(model.num_classes(), 5);
+        let logits = model.forward(Tensor::zeros([1, 3, 32, 48], &Device::flex()));
+        assert_eq!(logits.dims(), [1, 5]);
+    }
+}

@@ -1,0 +1,61 @@
+//! Project automation: `cargo xtask <command>`. Every command is declared in [`Command`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "gaze project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the test suite exactly as CI does (`cargo test --workspace`).
+    Test,
+    /// Regenerate the parity fixtures from timm (needs a Python with torch 2.9.0, timm 1.0.20
+    /// and safetensors; not needed for testing).
+    Fixtures {
+        /// Python interpreter that has torch and timm.
+        #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
+        python: PathBuf,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(mut cmd: Process) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Test => {
+            let mut cmd = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args(["test", "--workspace"]);
+            run(cmd)
+        }
+        Command::Fixtures { python } => {
+            let mut cmd = Process::new(python);
+            cmd.arg("tools/gen_vit_fixtures.py");
+            run(cmd)
+        }
+    }
+}
