@@ -20,8 +20,12 @@ expected.safetensors keys, for each image stem S:
   logits.S     f32 [5]              reduced model logits
   attn_last.S  f32 [3, 17, 17]      last block attention probabilities (explicit softmax)
   posemb.HxW   f32 [1, 1+H*W, 48]   resample_abs_pos_embed of reduced pos_embed (4x4 grid) to HxW
+  posembed_sim f32 [16, 16]         cosine similarity of the reduced model's patch position embeddings
+  cls_attn.S   f32 [16]             last block, [class] query to patch keys, mean over heads
 and full/logits.S, full/logits_jpeg.S f32 [37] for the formula-weight vit_small_patch16_384
-(see `formula_value`) on the PNG and JPEG versions of the rgb_* images.
+(see `formula_value`) on the PNG and JPEG versions of the rgb_* images, full/cls_attn.S f32
+[576] (last block, head mean, PNG input) and full/posembed_sim_rows f32 [3, 576] (rows 0, 100
+and 575 of the 576 x 576 similarity matrix).
 
 jpeg_pixels.json: for each JPEG, FNV-1a 64 (hex) of Pillow's decoded RGB bytes and of the
 384 resize+crop, so JPEG decoding is checked bit for bit without storing the pixels.
@@ -184,8 +188,16 @@ def main():
             q, k = qkv[0], qkv[1]
             attn = ((q * a.scale) @ k.transpose(-2, -1)).softmax(-1)
             tensors[f"attn_last.{stem}"] = attn[0]
+            tensors[f"cls_attn.{stem}"] = attn[0].mean(0)[0, 1:]
             if stem.startswith("rgb_"):
                 tensors[f"full/logits.{stem}"] = full(x384[None])[0]
+                tokens = full._pos_embed(full.patch_embed(x384[None]))
+                for blk in full.blocks[:-1]:
+                    tokens = blk(tokens)
+                fa = full.blocks[-1].attn
+                qkv = fa.qkv(full.blocks[-1].norm1(tokens)).reshape(1, 577, 3, 6, 64).permute(2, 0, 3, 1, 4)
+                fattn = ((qkv[0] * fa.scale) @ qkv[1].transpose(-2, -1)).softmax(-1)
+                tensors[f"full/cls_attn.{stem}"] = fattn[0].mean(0)[0, 1:]
             if stem.startswith("rgb_"):
                 jpg = Image.open(os.path.join(OUT, "images", stem + ".jpg")).convert("RGB")
                 tensors[f"full/logits_jpeg.{stem}"] = full(t384(jpg)[None])[0]
@@ -196,6 +208,11 @@ def main():
                     "decoded": fnv1a64(np.asarray(jpg).tobytes()),
                     "crop384": fnv1a64(np.asarray(crop).tobytes()),
                 }
+        pe = reduced.pos_embed[0, 1:]
+        tensors["posembed_sim"] = torch.nn.functional.cosine_similarity(pe[:, None], pe[None, :], dim=-1)
+        fpe = full.pos_embed[0, 1:]
+        tensors["full/posembed_sim_rows"] = torch.nn.functional.cosine_similarity(
+            fpe[[0, 100, 575]][:, None], fpe[None, :], dim=-1)
         for h, w in [(6, 6), (3, 5), (2, 2), (4, 4), (24, 32)]:
             tensors[f"posemb.{h}x{w}"] = resample_abs_pos_embed(
                 reduced.pos_embed, new_size=[h, w], old_size=[4, 4], num_prefix_tokens=1)

@@ -82,7 +82,7 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, bytes).with_context(|| format!("{}: could not write", path.display()))
 }
 
-fn check_writable_parent(path: &Path) -> Result<()> {
+pub fn check_writable_parent(path: &Path) -> Result<()> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

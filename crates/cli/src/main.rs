@@ -3,13 +3,15 @@
 //! A thin binary: each subcommand parses its arguments and calls the libraries.
 
 mod classify;
+mod figures;
 mod progress;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Vision Transformers in Rust: timm weights, predictions, evaluation.
+/// Vision Transformers in Rust: timm weights, predictions, evaluation, and figures of where
+/// the model looks.
 #[derive(Parser)]
 #[command(name = "gaze", version, about, long_about = None)]
 struct Cli {
@@ -21,6 +23,8 @@ struct Cli {
 enum Command {
     Predict(classify::PredictArgs),
     Eval(classify::EvalArgs),
+    Posembed(figures::PosembedArgs),
+    Attention(figures::AttentionArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Predict(args) => classify::predict(args),
         Command::Eval(args) => classify::eval(args),
+        Command::Posembed(args) => figures::posembed(args),
+        Command::Attention(args) => figures::attention(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,5 +17,7 @@ pub mod transform;
 pub use dataset::{LabeledImage, collect_images, labeled_images, parse_label};
 pub use decode::load_rgb;
 pub use error::DataError;
-pub use io::write_atomic;
+/// The `image` crate, re-exported so users of gaze share its `RgbImage`.
+pub use image;
+pub use io::{read_npy_f32, write_atomic, write_npy_f32};
 pub use transform::{EvalTransform, Interpolation};

@@ -45,18 +45,26 @@ impl EvalTransform {
         (self.size as f64 / self.crop_pct).floor() as u32
     }
 
-    /// Resizes the shorter side to [`Self::scale_size`] and center-crops to `size x size`.
-    pub fn resize_and_crop(&self, image: &RgbImage) -> RgbImage {
+    /// Resizes the shorter side to [`Self::scale_size`] (the picture before the crop).
+    pub fn resize(&self, image: &RgbImage) -> RgbImage {
         let (w, h) = image.dimensions();
         let (new_w, new_h) = shorter_side_size(w, h, self.scale_size());
-        let resized = if (new_w, new_h) == (w, h) {
-            image.clone()
-        } else {
-            match self.interpolation {
-                Interpolation::Bicubic => resize_rgb_bicubic(image, new_w, new_h),
-            }
-        };
-        center_crop(&resized, self.size)
+        if (new_w, new_h) == (w, h) {
+            return image.clone();
+        }
+        match self.interpolation {
+            Interpolation::Bicubic => resize_rgb_bicubic(image, new_w, new_h),
+        }
+    }
+
+    /// Top-left corner `(left, top)` of the center crop in a resized `w x h` image.
+    pub fn crop_origin(&self, w: u32, h: u32) -> (u32, u32) {
+        center_crop_origin(w, h, self.size)
+    }
+
+    /// Resizes the shorter side to [`Self::scale_size`] and center-crops to `size x size`.
+    pub fn resize_and_crop(&self, image: &RgbImage) -> RgbImage {
+        center_crop(&self.resize(image), self.size)
     }
 
     /// The model input: `[3, size, size]` row-major, normalised.
@@ -90,11 +98,15 @@ pub fn shorter_side_size(w: u32, h: u32, short: u32) -> (u32, u32) {
 /// torchvision `CenterCrop(size)` for an image at least `size` on each side; offsets round
 /// half to even like Python's `round`.
 pub fn center_crop(image: &RgbImage, size: u32) -> RgbImage {
-    let (w, h) = image.dimensions();
+    let (left, top) = center_crop_origin(image.width(), image.height(), size);
+    image::imageops::crop_imm(image, left, top, size, size).to_image()
+}
+
+fn center_crop_origin(w: u32, h: u32, size: u32) -> (u32, u32) {
     assert!(w >= size && h >= size, "center crop {size} of a {w}x{h} image");
     let top = ((h - size) as f64 / 2.0).round_ties_even() as u32;
     let left = ((w - size) as f64 / 2.0).round_ties_even() as u32;
-    image::imageops::crop_imm(image, left, top, size, size).to_image()
+    (left, top)
 }
 
 #[cfg(test)]

@@ -8,10 +8,13 @@
 //! * [`checkpoint`] reads timm `.safetensors` and `.pth` files and writes `.safetensors` with
 //!   timm's key names, so weights travel both ways.
 //! * [`resample_pos_embed`] adapts position embeddings to another grid as timm does.
+//! * [`explain`] runs one image and keeps what figures need: the view, the crop, every
+//!   block's attention and the class probabilities.
 
 pub mod checkpoint;
 mod config;
 mod device;
+pub mod explain;
 pub mod infer;
 pub mod metrics;
 mod model;
@@ -20,6 +23,7 @@ mod pos_embed;
 pub use checkpoint::{Checkpoint, HeadInit, LoadError, load_pretrained, load_vit, save_vit};
 pub use config::{PRESETS, VitConfig};
 pub use device::{DeviceError, available_devices, parse_device};
+pub use explain::{Explanation, explain};
 pub use infer::classify_files;
 pub use metrics::{ClassificationMetrics, classification_metrics};
 pub use model::{Attention, Block, Mlp, PatchEmbed, VisionTransformer, VitOutput};

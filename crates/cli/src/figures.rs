@@ -1,0 +1,235 @@
+//! `gaze posembed` and `gaze attention`: the figures of where the ViT looks.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use gaze_data::{collect_images, load_rgb, write_atomic, write_npy_f32};
+use gaze_vit::{explain, load_pretrained, parse_device};
+use gaze_viz::analysis::{ClsMaps, HeadFusion, cls_maps, cosine_similarity_matrix};
+use gaze_viz::figures::{Region, attention_figure, posembed_figure};
+use gaze_viz::{Colormap, save_png};
+use serde::Serialize;
+
+use crate::classify::check_writable_parent;
+use crate::progress::bar;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Cmap {
+    Viridis,
+    Jet,
+}
+
+impl From<Cmap> for Colormap {
+    fn from(c: Cmap) -> Self {
+        match c {
+            Cmap::Viridis => Colormap::Viridis,
+            Cmap::Jet => Colormap::Jet,
+        }
+    }
+}
+
+/// Cosine similarity of the patch position embeddings (ViT paper, Fig. 7).
+#[derive(Args)]
+pub struct PosembedArgs {
+    /// timm checkpoint (.safetensors or .pth), or one written by gaze.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Architecture preset [default: stored in the weights, else vit_small_patch16_384].
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// Output PNG: a grid of maps, one per patch position, with a shared colorbar.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write the full N x N float32 similarity matrix (N patches) as .npy.
+    #[arg(long, value_name = "FILE")]
+    npy: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "viridis")]
+    colormap: Cmap,
+}
+
+pub fn posembed(args: PosembedArgs) -> Result<()> {
+    check_writable_parent(&args.out)?;
+    if let Some(npy) = &args.npy {
+        check_writable_parent(npy)?;
+    }
+    let device = parse_device("auto")?;
+    let (model, config) = load_pretrained(&args.weights, args.model.as_deref(), &device)?;
+    let (rows, dim) = model.patch_pos_embed();
+    let similarity = cosine_similarity_matrix(&rows, dim);
+    let [gh, gw] = config.grid();
+    let figure = posembed_figure(&similarity, (gh, gw), args.colormap.into());
+    if let Some(npy) = &args.npy {
+        let n = gh * gw;
+        write_npy_f32(npy, &[n, n], &similarity)
+            .with_context(|| format!("{}: could not write", npy.display()))?;
+    }
+    save_png(&figure, &args.out).with_context(|| format!("{}: could not write", args.out.display()))?;
+    eprintln!("wrote {} ({gh}x{gw} grid of {gh}x{gw} maps)", args.out.display());
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Heads {
+    Mean,
+    Max,
+    /// The mean map, then one panel per head.
+    All,
+}
+
+/// Where the [class] token looks: attention over each image.
+#[derive(Args)]
+pub struct AttentionArgs {
+    /// timm checkpoint (.safetensors or .pth), or one written by gaze.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Architecture preset [default: stored in the weights, else vit_small_patch16_384].
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// Image files and/or folders.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    images: Vec<PathBuf>,
+    /// Output folder; gets <stem>.png per image (and <stem>.json with --json).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Also write <stem>.json: grid, cls_attention (row-major), label, probability.
+    #[arg(long)]
+    json: bool,
+    /// Block whose attention is drawn, 0-based [default: the last].
+    #[arg(long)]
+    layer: Option<usize>,
+    /// How heads are combined.
+    #[arg(long, value_enum, default_value = "mean")]
+    heads: Heads,
+    /// Attention rollout through all blocks (Abnar & Zuidema 2020) instead of one block.
+    #[arg(long)]
+    rollout: bool,
+    /// With --rollout: fraction of the weakest attention weights dropped per block.
+    #[arg(long, default_value_t = 0.0, requires = "rollout")]
+    discard_ratio: f32,
+    /// Text file with one class name per line, to title figures with names.
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "viridis")]
+    colormap: Cmap,
+    /// Backend device (see `gaze predict --help`).
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Serialize)]
+struct AttentionJson {
+    grid: [usize; 2],
+    cls_attention: Vec<f32>,
+    label: usize,
+    name: Option<String>,
+    probability: f32,
+}
+
+fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{}: could not read", path.display()))?;
+    Ok(text.lines().map(|l| l.trim().to_string()).collect())
+}
+
+pub fn attention(args: AttentionArgs) -> Result<()> {
+    if !args.out.is_dir() {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("{}: could not create", args.out.display()))?;
+    }
+    if !(0.0..1.0).contains(&args.discard_ratio) {
+        bail!("--discard-ratio must be in [0, 1), got {}", args.discard_ratio);
+    }
+    let paths = collect_images(&args.images)?;
+    let names = args.class_names.as_deref().map(read_class_names).transpose()?;
+    let device = parse_device(&args.device)?;
+    let (model, config) = load_pretrained(&args.weights, args.model.as_deref(), &device)?;
+    if let Some(names) = &names
+        && names.len() != config.num_classes
+    {
+        bail!(
+            "{}: {} class names for a model with {} classes",
+            args.class_names.as_ref().unwrap().display(),
+            names.len(),
+            config.num_classes
+        );
+    }
+    let layer = args.layer.unwrap_or(config.depth - 1);
+    if layer >= config.depth {
+        bail!(
+            "--layer {layer} does not exist: the model has blocks 0..{}",
+            config.depth - 1
+        );
+    }
+    let fusion = match args.heads {
+        Heads::Max => HeadFusion::Max,
+        _ => HeadFusion::Mean,
+    };
+    let which = match (args.rollout, args.heads) {
+        (true, _) => ClsMaps::Rollout {
+            fusion,
+            discard_ratio: args.discard_ratio,
+        },
+        (false, Heads::All) => ClsMaps::EveryHead { layer },
+        (false, _) => ClsMaps::Fused { layer, fusion },
+    };
+    let progress = bar(paths.len(), "attention");
+    for path in &paths {
+        let image = load_rgb(path)?;
+        let seen = explain(&model, &config, &image, &device);
+        let maps = cls_maps(&seen.attentions, seen.heads, seen.tokens, 1, which);
+        let label = gaze_vit::infer::argmax(&seen.probabilities);
+        let probability = seen.probabilities[label];
+        let name = names.as_ref().map(|n| n[label].clone());
+        let title = format!(
+            "{}: {} ({:.1} %)",
+            gaze_vit::infer::display_name(path),
+            name.clone().unwrap_or_else(|| format!("class {label}")),
+            100.0 * probability
+        );
+        let (left, top, size) = seen.crop;
+        let region = Region {
+            x: left,
+            y: top,
+            width: size,
+            height: size,
+        };
+        let grid = (seen.grid[0], seen.grid[1]);
+        let columns = if maps.len() > 4 { 4 } else { maps.len() + 1 };
+        let figure = attention_figure(
+            &seen.view,
+            region,
+            &maps,
+            grid,
+            &title,
+            args.colormap.into(),
+            columns,
+        );
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if args.json {
+            let json = AttentionJson {
+                grid: seen.grid,
+                cls_attention: maps[0].1.clone(),
+                label,
+                name,
+                probability,
+            };
+            let out = args.out.join(format!("{stem}.json"));
+            write_atomic(&out, &serde_json::to_vec_pretty(&json)?)
+                .with_context(|| format!("{}: could not write", out.display()))?;
+        }
+        let out = args.out.join(format!("{stem}.png"));
+        save_png(&figure, &out).with_context(|| format!("{}: could not write", out.display()))?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    eprintln!(
+        "wrote {} attention figures to {}",
+        paths.len(),
+        args.out.display()
+    );
+    Ok(())
+}

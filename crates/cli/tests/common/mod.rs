@@ -1,0 +1,142 @@
+//! Helpers shared by the CLI tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use gaze_vit::VitConfig;
+use gaze_vit::checkpoint::state_dict_shapes;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+pub const FULL_SIZE: [&str; 4] = ["rgb_500x375", "rgb_375x500", "rgb_384x384", "rgb_640x427"];
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vit/tests/fixtures")
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gaze-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn gaze(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn fnv1a(name: &str) -> u64 {
+    name.bytes().fold(0x811C_9DC5u64, |h, b| {
+        ((h ^ b as u64) * 0x0100_0193) & 0xFFFF_FFFF
+    })
+}
+
+/// The deterministic weights of `formula_value` in tools/gen_vit_fixtures.py, value for value.
+pub fn formula_value(name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let seed = fnv1a(name);
+    (0..n as u64)
+        .map(|i| {
+            let mut x = (i * 2_654_435_761 + seed) & 0xFFFF_FFFF;
+            x ^= x >> 15;
+            x = (x * 0x2C1B_3C6D) & 0xFFFF_FFFF;
+            x ^= x >> 12;
+            let h = x as f64 / 4_294_967_296.0 - 0.5;
+            let v = if name.ends_with("norm1.weight")
+                || name.ends_with("norm2.weight")
+                || name == "norm.weight"
+            {
+                1.0 + 0.4 * h
+            } else if name.ends_with("bias") {
+                0.2 * h
+            } else if name.ends_with("qkv.weight") {
+                let row = i as usize / shape[1];
+                (if row < 2 * shape[1] { 0.5 } else { 0.1 }) * h
+            } else if name == "cls_token" || name == "pos_embed" {
+                0.5 * h
+            } else {
+                0.1 * h
+            };
+            v as f32
+        })
+        .collect()
+}
+
+pub fn write_formula_vit_small(path: &Path) {
+    let model = VitConfig::new().with_num_classes(37).init(&Device::flex());
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = state_dict_shapes(&model)
+        .into_iter()
+        .map(|(name, shape)| {
+            let bytes = formula_value(&name, &shape)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+pub fn expected_f32(key: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixtures().join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+pub fn predictions(json: &Path) -> Vec<(String, usize, Vec<f32>)> {
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let logits = p["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            (
+                p["filename"].as_str().unwrap().to_string(),
+                p["label"].as_u64().unwrap() as usize,
+                logits,
+            )
+        })
+        .collect()
+}
+
+/// The reduced fixture ViT re-saved by gaze, so its architecture travels in the metadata.
+pub fn reduced_gaze_weights(dir: &Path) -> PathBuf {
+    let (model, config) = gaze_vit::load_vit(
+        &fixtures().join("reduced.safetensors"),
+        &VitConfig::new()
+            .with_img_size([64, 64])
+            .with_embed_dim(48)
+            .with_depth(2)
+            .with_num_heads(3),
+        gaze_vit::HeadInit::FromCheckpoint,
+        &Device::flex(),
+    )
+    .unwrap();
+    let weights = dir.join("reduced_gaze.safetensors");
+    gaze_vit::save_vit(&model, &config, &weights).unwrap();
+    weights
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -1,0 +1,370 @@
+//! Finished figures: panel grids with a title and a shared colorbar.
+
+use gaze_data::resize::resize_plane_bicubic;
+use image::{Rgb, RgbImage};
+
+use crate::Colormap;
+use crate::canvas::{BLACK, WHITE, blend, colorbar, colorbar_width, fill_rect, paste, stroke_rect};
+use crate::text::{draw_text, draw_text_centered, text_size};
+
+const TITLE_PX: f32 = 22.0;
+const LABEL_PX: f32 = 15.0;
+const TICK_PX: f32 = 13.0;
+const MARGIN: u32 = 16;
+const GAP: u32 = 12;
+const BAR_W: u32 = 16;
+
+/// Bicubic upsampling (antialiased filter, as PyTorch's `interpolate(..., antialias=True)`)
+/// of a row-major `gh x gw` map to `h x w`.
+pub fn upsample_map(map: &[f32], (gh, gw): (usize, usize), (h, w): (usize, usize)) -> Vec<f32> {
+    let plane: Vec<f64> = map.iter().map(|&v| v as f64).collect();
+    resize_plane_bicubic(&plane, 1, (gh, gw), (h, w))
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// Where the model's square input lies in the displayed image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Region {
+    pub fn whole(image: &RgbImage) -> Self {
+        Region {
+            x: 0,
+            y: 0,
+            width: image.width(),
+            height: image.height(),
+        }
+    }
+}
+
+/// `base` with the coarse `map` (row-major `grid`) upsampled over `region` and coloured by
+/// `cmap` at opacity `alpha`; values are placed on `range` (low, high). Outside `region`,
+/// where the model saw nothing, the image is dimmed.
+pub fn overlay(
+    base: &RgbImage,
+    map: &[f32],
+    grid: (usize, usize),
+    region: Region,
+    range: (f32, f32),
+    cmap: Colormap,
+    alpha: f32,
+) -> RgbImage {
+    let mut out = base.clone();
+    let heat = upsample_map(map, grid, (region.height as usize, region.width as usize));
+    let span = (range.1 - range.0).max(f32::MIN_POSITIVE);
+    for (x, y, _) in base.enumerate_pixels() {
+        let inside =
+            x >= region.x && y >= region.y && x < region.x + region.width && y < region.y + region.height;
+        if inside {
+            let v = heat[((y - region.y) * region.width + (x - region.x)) as usize];
+            blend(
+                &mut out,
+                x as i32,
+                y as i32,
+                cmap.rgb((v - range.0) / span),
+                alpha,
+            );
+        } else {
+            blend(&mut out, x as i32, y as i32, BLACK, 0.55);
+        }
+    }
+    if region != Region::whole(base) {
+        stroke_rect(
+            &mut out,
+            region.x as i32,
+            region.y as i32,
+            region.width,
+            region.height,
+            WHITE,
+        );
+    }
+    out
+}
+
+/// One picture in a grid, with its label drawn underneath.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    pub image: RgbImage,
+    pub label: String,
+}
+
+/// Panels laid out `columns` wide under `title`, with an optional shared colorbar on the
+/// right labelled `colorbar.2`.
+pub fn panel_grid(
+    panels: &[Panel],
+    columns: usize,
+    title: &str,
+    colorbar_spec: Option<(Colormap, (f32, f32), &str)>,
+) -> RgbImage {
+    let columns = columns.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(columns);
+    let cell_w = panels.iter().map(|p| p.image.width()).max().unwrap_or(1);
+    let cell_h = panels.iter().map(|p| p.image.height()).max().unwrap_or(1);
+    let (_, label_h) = text_size("Ag", LABEL_PX);
+    let (_, title_h) = text_size("Ag", TITLE_PX);
+    let grid_w = columns as u32 * cell_w + (columns as u32 - 1) * GAP;
+    let grid_h = rows as u32 * (cell_h + label_h + 6) + (rows as u32 - 1) * GAP;
+    let bar_w = colorbar_spec.map_or(0, |(_, (lo, hi), name)| {
+        GAP + colorbar_width(BAR_W, lo, hi, 5, TICK_PX).max(text_size(name, TICK_PX).0)
+    });
+    let title_w = text_size(title, TITLE_PX).0;
+    let width = (2 * MARGIN + grid_w + bar_w).max(title_w + 2 * MARGIN);
+    let top = MARGIN + title_h + GAP;
+    let height = top + grid_h + MARGIN;
+    let mut canvas = RgbImage::from_pixel(width, height, Rgb(WHITE));
+    draw_text_centered(
+        &mut canvas,
+        title,
+        (MARGIN + grid_w / 2) as i32,
+        MARGIN as i32,
+        TITLE_PX,
+        BLACK,
+    );
+    for (i, panel) in panels.iter().enumerate() {
+        let (r, c) = ((i / columns) as u32, (i % columns) as u32);
+        let x = MARGIN + c * (cell_w + GAP) + (cell_w - panel.image.width()) / 2;
+        let y = top + r * (cell_h + label_h + 6 + GAP);
+        paste(&mut canvas, &panel.image, x as i32, y as i32);
+        let cx = MARGIN + c * (cell_w + GAP) + cell_w / 2;
+        draw_text_centered(
+            &mut canvas,
+            &panel.label,
+            cx as i32,
+            (y + panel.image.height() + 3) as i32,
+            LABEL_PX,
+            BLACK,
+        );
+    }
+    if let Some((cmap, range, name)) = colorbar_spec {
+        let x = (MARGIN + grid_w + GAP) as i32;
+        let (_, name_h) = text_size(name, TICK_PX);
+        draw_text(&mut canvas, name, x, top as i32, TICK_PX, BLACK);
+        let bar_top = top as i32 + name_h as i32 + 8;
+        let bar_h = (cell_h.min(grid_h)).saturating_sub(name_h + 16).max(40);
+        colorbar(&mut canvas, x, bar_top, BAR_W, bar_h, cmap, range, 5, TICK_PX);
+    }
+    canvas
+}
+
+/// The ViT paper's Figure 7: for each patch position `(r, c)` of a `gh x gw` grid, the
+/// cosine similarity of its position embedding with every position's, as a small map at
+/// row `r`, column `c`. `similarity` is the row-major `N x N` matrix, `N = gh * gw`.
+pub fn posembed_figure(similarity: &[f32], (gh, gw): (usize, usize), cmap: Colormap) -> RgbImage {
+    let n = gh * gw;
+    assert_eq!(similarity.len(), n * n, "similarity must be (gh*gw)^2");
+    let scale = (72 / gh.max(gw)).max(1) as u32;
+    let (map_w, map_h) = (gw as u32 * scale, gh as u32 * scale);
+    let gap = 3u32;
+    let (label_w, label_h) = text_size(&format!("{}", gh.max(gw)), TICK_PX);
+    let (_, title_h) = text_size("Ag", TITLE_PX);
+    let left = MARGIN + label_h + 8 + label_w + 6;
+    let top = MARGIN + title_h + GAP + label_h + 8 + label_h + 4;
+    let grid_w = gw as u32 * (map_w + gap) - gap;
+    let grid_h = gh as u32 * (map_h + gap) - gap;
+    let bar_total =
+        GAP + colorbar_width(BAR_W, -1.0, 1.0, 5, TICK_PX).max(text_size("Cosine similarity", TICK_PX).0);
+    let width = left + grid_w + bar_total + MARGIN;
+    let height = top + grid_h + MARGIN;
+    let mut canvas = RgbImage::from_pixel(width, height, Rgb(WHITE));
+    let title = "Position embedding similarity";
+    draw_text_centered(
+        &mut canvas,
+        title,
+        (left + grid_w / 2) as i32,
+        MARGIN as i32,
+        TITLE_PX,
+        BLACK,
+    );
+    let axis_y = MARGIN + title_h + GAP;
+    draw_text_centered(
+        &mut canvas,
+        "Input patch column",
+        (left + grid_w / 2) as i32,
+        axis_y as i32,
+        LABEL_PX,
+        BLACK,
+    );
+    draw_text(
+        &mut canvas,
+        "Input",
+        MARGIN as i32,
+        (top + grid_h / 2) as i32 - label_h as i32,
+        TICK_PX,
+        BLACK,
+    );
+    draw_text(
+        &mut canvas,
+        "patch",
+        MARGIN as i32,
+        (top + grid_h / 2) as i32,
+        TICK_PX,
+        BLACK,
+    );
+    draw_text(
+        &mut canvas,
+        "row",
+        MARGIN as i32,
+        (top + grid_h / 2) as i32 + label_h as i32,
+        TICK_PX,
+        BLACK,
+    );
+    let every = if gh.max(gw) > 12 { 2 } else { 1 };
+    for c in 0..gw {
+        if c % every == 0 || c + 1 == gw {
+            let cx = left + c as u32 * (map_w + gap) + map_w / 2;
+            draw_text_centered(
+                &mut canvas,
+                &(c + 1).to_string(),
+                cx as i32,
+                (top - label_h - 4) as i32,
+                TICK_PX,
+                BLACK,
+            );
+        }
+    }
+    for r in 0..gh {
+        if r % every == 0 || r + 1 == gh {
+            let text = (r + 1).to_string();
+            let cy = top + r as u32 * (map_h + gap) + map_h / 2;
+            let tw = text_size(&text, TICK_PX).0;
+            draw_text(
+                &mut canvas,
+                &text,
+                (left - 6 - tw) as i32,
+                cy as i32 - label_h as i32 / 2,
+                TICK_PX,
+                BLACK,
+            );
+        }
+    }
+    for r in 0..gh {
+        for c in 0..gw {
+            let row = &similarity[(r * gw + c) * n..][..n];
+            let (x0, y0) = (left + c as u32 * (map_w + gap), top + r as u32 * (map_h + gap));
+            for (k, &v) in row.iter().enumerate() {
+                let (kr, kc) = ((k / gw) as u32, (k % gw) as u32);
+                fill_rect(
+                    &mut canvas,
+                    (x0 + kc * scale) as i32,
+                    (y0 + kr * scale) as i32,
+                    scale,
+                    scale,
+                    cmap.rgb((v + 1.0) / 2.0),
+                );
+            }
+        }
+    }
+    let bx = (left + grid_w + GAP) as i32;
+    draw_text(&mut canvas, "Cosine similarity", bx, top as i32, TICK_PX, BLACK);
+    let bar_h = (grid_h / 2).max(60);
+    colorbar(
+        &mut canvas,
+        bx,
+        top as i32 + label_h as i32 + 10,
+        BAR_W,
+        bar_h,
+        cmap,
+        (-1.0, 1.0),
+        5,
+        TICK_PX,
+    );
+    canvas
+}
+
+/// The image as displayed, then one overlay per `(label, map)` over `region`, all on one
+/// colour scale (the maps' joint min..max), titled `title`.
+pub fn attention_figure(
+    view: &RgbImage,
+    region: Region,
+    maps: &[(String, Vec<f32>)],
+    grid: (usize, usize),
+    title: &str,
+    cmap: Colormap,
+    columns: usize,
+) -> RgbImage {
+    let lo = maps
+        .iter()
+        .flat_map(|(_, m)| m.iter().cloned())
+        .fold(f32::INFINITY, f32::min);
+    let hi = maps
+        .iter()
+        .flat_map(|(_, m)| m.iter().cloned())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let range = if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    };
+    let mut framed = view.clone();
+    if region != Region::whole(view) {
+        stroke_rect(
+            &mut framed,
+            region.x as i32,
+            region.y as i32,
+            region.width,
+            region.height,
+            WHITE,
+        );
+    }
+    let mut panels = vec![Panel {
+        image: framed,
+        label: "input".into(),
+    }];
+    for (label, map) in maps {
+        panels.push(Panel {
+            image: overlay(view, map, grid, region, range, cmap, 0.55),
+            label: label.clone(),
+        });
+    }
+    panel_grid(&panels, columns, title, Some((cmap, range, "attention")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_keeps_the_aspect_ratio_and_colours_the_peak() {
+        let base = RgbImage::from_pixel(575, 384, Rgb([128, 128, 128]));
+        let region = Region {
+            x: 96,
+            y: 0,
+            width: 384,
+            height: 384,
+        };
+        let mut map = vec![0.0; 24 * 24];
+        map[12 * 24 + 12] = 1.0;
+        let out = overlay(&base, &map, (24, 24), region, (0.0, 1.0), Colormap::Viridis, 1.0);
+        assert_eq!(out.dimensions(), (575, 384));
+        // Peak cell (12, 12) covers pixels 192..208 of the region.
+        let peak = out.get_pixel(96 + 200, 200).0;
+        let far = out.get_pixel(96 + 20, 20).0;
+        assert_eq!(far, Colormap::Viridis.rgb(0.0));
+        assert!(peak[1] > far[1] + 100, "{peak:?} vs {far:?}");
+        // Outside the model's crop the picture is dimmed, not coloured.
+        assert_eq!(out.get_pixel(10, 10).0, [58, 58, 58]);
+    }
+
+    #[test]
+    fn posembed_figure_draws_each_map_where_it_belongs() {
+        // 2x3 grid; similarity 1 on the diagonal, -1 elsewhere.
+        let n = 6;
+        let sim: Vec<f32> = (0..n * n)
+            .map(|i| if i / n == i % n { 1.0 } else { -1.0 })
+            .collect();
+        let fig = posembed_figure(&sim, (2, 3), Colormap::Viridis);
+        let hot = Colormap::Viridis.rgb(1.0);
+        let hot_pixels = fig.pixels().filter(|p| p.0 == hot).count();
+        let scale = (72 / 3) as usize;
+        // One hot cell per map (6 maps), plus the top of the colorbar.
+        assert!(hot_pixels >= 6 * scale * scale, "{hot_pixels}");
+        assert!(hot_pixels < 6 * scale * scale + 200, "{hot_pixels}");
+    }
+}
