@@ -53,9 +53,12 @@ fn main() -> Result<()> {
             run(cmd)
         }
         Command::Fixtures { python } => {
-            let mut cmd = Process::new(python);
-            cmd.arg("tools/gen_vit_fixtures.py");
-            run(cmd)
+            for script in ["tools/gen_vit_fixtures.py", "tools/gen_train_fixtures.py"] {
+                let mut cmd = Process::new(&python);
+                cmd.arg(script);
+                run(cmd)?;
+            }
+            Ok(())
         }
     }
 }

@@ -5,6 +5,7 @@
 mod classify;
 mod figures;
 mod progress;
+mod train;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,9 @@ enum Command {
     Eval(classify::EvalArgs),
     Posembed(figures::PosembedArgs),
     Attention(figures::AttentionArgs),
+    Train(train::TrainArgs),
+    Synth(train::SynthArgs),
+    Compare(train::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,9 @@ fn main() -> ExitCode {
         Command::Eval(args) => classify::eval(args),
         Command::Posembed(args) => figures::posembed(args),
         Command::Attention(args) => figures::attention(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Synth(args) => train::run_synth(args),
+        Command::Compare(args) => train::run_compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub fn bar(len: usize, message: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {prefix}")
             .expect("valid template")
             .progress_chars("=> "),
     );

@@ -3,15 +3,20 @@
 //! * [`decode`] reads a file into 8-bit RGB the way `PIL.Image.open(f).convert('RGB')` does.
 //! * [`resize`] is Pillow's bicubic resampling, bit for bit (fixed point, two passes), and the
 //!   same antialiased filter in floating point for resampling feature grids.
-//! * [`transform`] is timm's evaluation transform (resize shorter side, center crop, normalise).
+//! * [`transform`] is timm's evaluation transform (resize shorter side, center crop, normalise);
+//!   [`augment`] its training counterpart.
+//! * [`synth`] writes a synthetic classification set in the same layout.
 //! * [`dataset`] lists images and parses the course's `{label}_{id}.jpg` file names.
 //! * [`io`] writes output files atomically.
 
+pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod error;
 pub mod io;
 pub mod resize;
+pub mod rng;
+pub mod synth;
 pub mod transform;
 
 pub use dataset::{LabeledImage, collect_images, labeled_images, parse_label};

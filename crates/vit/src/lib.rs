@@ -19,6 +19,7 @@ pub mod infer;
 pub mod metrics;
 mod model;
 mod pos_embed;
+pub mod train;
 
 pub use checkpoint::{Checkpoint, HeadInit, LoadError, load_pretrained, load_vit, save_vit};
 pub use config::{PRESETS, VitConfig};

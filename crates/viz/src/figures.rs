@@ -326,6 +326,149 @@ pub fn attention_figure(
     panel_grid(&panels, columns, title, Some((cmap, range, "attention")))
 }
 
+/// matplotlib's `tab10` colours, for lines.
+pub const PALETTE: [[u8; 3]; 10] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [188, 189, 34],
+    [23, 190, 207],
+];
+
+fn draw_segment(canvas: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), color: [u8; 3]) {
+    let steps = ((x1 - x0).abs().max((y1 - y0).abs()) * 2.0).ceil().max(1.0) as usize;
+    for i in 0..=steps {
+        let t = i as f64 / steps as f64;
+        let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+        fill_rect(canvas, x.round() as i32 - 1, y.round() as i32 - 1, 3, 3, color);
+    }
+}
+
+/// Round tick values (steps of 1, 2 or 5 times a power of ten) covering `[lo, hi]`, and
+/// the widened range they span.
+pub fn nice_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64, f64) {
+    let raw = (hi - lo).max(f64::MIN_POSITIVE) / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(raw);
+    let (first, last) = ((lo / step).floor() * step, (hi / step).ceil() * step);
+    let count = ((last - first) / step).round() as usize;
+    (
+        (0..=count).map(|i| first + step * i as f64).collect(),
+        first,
+        last,
+    )
+}
+
+/// A line chart of `series` (label, points), with axes, ticks and a legend.
+pub fn line_chart(
+    series: &[(String, Vec<(f64, f64)>)],
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+) -> RgbImage {
+    let (width, height) = (900u32, 560u32);
+    let mut canvas = RgbImage::from_pixel(width, height, Rgb(WHITE));
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) =
+        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in points {
+        (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
+    }
+    if !x_lo.is_finite() {
+        (x_lo, x_hi, y_lo, y_hi) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x_hi <= x_lo {
+        x_hi = x_lo + 1.0;
+    }
+    if y_hi <= y_lo {
+        y_hi = y_lo + 1.0;
+    }
+    let pad = (y_hi - y_lo) * 0.05;
+    let (y_ticks, y_lo, y_hi) = nice_ticks(y_lo - pad, y_hi + pad);
+    let (x_ticks, x_lo, x_hi) = nice_ticks(x_lo, x_hi);
+    let (left, right, top, bottom) = (80.0, width as f64 - 220.0, 60.0, height as f64 - 70.0);
+    let sx = |x: f64| left + (x - x_lo) / (x_hi - x_lo) * (right - left);
+    let sy = |y: f64| bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top);
+    draw_text_centered(
+        &mut canvas,
+        title,
+        ((left + right) / 2.0) as i32,
+        16,
+        TITLE_PX,
+        BLACK,
+    );
+    stroke_rect(
+        &mut canvas,
+        left as i32,
+        top as i32,
+        (right - left) as u32,
+        (bottom - top) as u32,
+        BLACK,
+    );
+    for xv in x_ticks {
+        let px = sx(xv) as i32;
+        fill_rect(&mut canvas, px, bottom as i32, 1, 5, BLACK);
+        draw_text_centered(
+            &mut canvas,
+            &crate::canvas::tick_label(xv as f32),
+            px,
+            bottom as i32 + 8,
+            TICK_PX,
+            BLACK,
+        );
+    }
+    for yv in y_ticks {
+        let py = sy(yv) as i32;
+        fill_rect(&mut canvas, left as i32 - 5, py, 5, 1, BLACK);
+        let label = crate::canvas::tick_label(yv as f32);
+        let (tw, th) = text_size(&label, TICK_PX);
+        draw_text(
+            &mut canvas,
+            &label,
+            left as i32 - 8 - tw as i32,
+            py - th as i32 / 2,
+            TICK_PX,
+            BLACK,
+        );
+    }
+    draw_text_centered(
+        &mut canvas,
+        x_label,
+        ((left + right) / 2.0) as i32,
+        bottom as i32 + 32,
+        LABEL_PX,
+        BLACK,
+    );
+    draw_text(&mut canvas, y_label, 8, top as i32 - 28, LABEL_PX, BLACK);
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        for w in pts.windows(2) {
+            draw_segment(
+                &mut canvas,
+                (sx(w[0].0), sy(w[0].1)),
+                (sx(w[1].0), sy(w[1].1)),
+                color,
+            );
+        }
+        for &(x, y) in pts {
+            fill_rect(&mut canvas, sx(x) as i32 - 3, sy(y) as i32 - 3, 7, 7, color);
+        }
+        let ly = top as i32 + 10 + 24 * i as i32;
+        fill_rect(&mut canvas, right as i32 + 16, ly + 6, 24, 4, color);
+        draw_text(&mut canvas, label, right as i32 + 46, ly, LABEL_PX, BLACK);
+    }
+    canvas
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +493,34 @@ mod tests {
         assert!(peak[1] > far[1] + 100, "{peak:?} vs {far:?}");
         // Outside the model's crop the picture is dimmed, not coloured.
         assert_eq!(out.get_pixel(10, 10).0, [58, 58, 58]);
+    }
+
+    #[test]
+    fn nice_ticks_are_round() {
+        let (ticks, lo, hi) = nice_ticks(18.45, 104.0);
+        assert_eq!(ticks, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0]);
+        assert_eq!((lo, hi), (0.0, 120.0));
+        assert_eq!(nice_ticks(1.0, 8.0).0, vec![0.0, 2.0, 4.0, 6.0, 8.0]);
+    }
+
+    #[test]
+    fn line_chart_puts_points_in_order() {
+        let series = vec![("a".to_string(), vec![(1.0, 0.2), (2.0, 0.9)])];
+        let chart = line_chart(&series, "val", "epoch", "accuracy");
+        let blue: Vec<(u32, u32)> = chart
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p.0 == PALETTE[0])
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        // The higher point (epoch 2) is to the right of and above the lower one.
+        let low = blue.iter().filter(|(x, _)| *x < 200).map(|p| p.1).max().unwrap();
+        let high = blue
+            .iter()
+            .filter(|(x, _)| *x > 600 && *x < 700)
+            .map(|p| p.1)
+            .min()
+            .unwrap();
+        assert!(high < low, "{high} {low}");
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! Training data: the start-up scan, epoch order, and augmented batches.
+
+use std::path::Path;
+
+use gaze_data::augment::TrainTransform;
+use gaze_data::rng::Rng;
+use gaze_data::{DataError, EvalTransform, LabeledImage, labeled_images, load_rgb};
+use rayon::prelude::*;
+
+use super::TrainConfig;
+
+/// The usable images of a folder.
+#[derive(Debug, Clone)]
+pub struct ScanReport {
+    pub images: Vec<LabeledImage>,
+    /// Unreadable images left out (only with `skip_bad`).
+    pub skipped: usize,
+}
+
+/// Lists `dir` and decodes every image once, in parallel. Unreadable images fail the scan
+/// with the full list (or are left out with `skip_bad`); labels must be below `num_classes`.
+pub fn scan_images(dir: &Path, num_classes: usize, skip_bad: bool) -> Result<ScanReport, DataError> {
+    let images = labeled_images(dir)?;
+    if let Some(bad) = images.iter().find(|i| i.label >= num_classes) {
+        return Err(DataError::BadName {
+            path: bad.path.clone(),
+            reason: format!("label {} but model.num_classes is {num_classes}", bad.label),
+        });
+    }
+    let failures: Vec<(usize, DataError)> = images
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, img)| load_rgb(&img.path).err().map(|e| (i, e)))
+        .collect();
+    if failures.is_empty() {
+        return Ok(ScanReport { images, skipped: 0 });
+    }
+    if !skip_bad {
+        let listed: Vec<String> = failures.iter().take(10).map(|(_, e)| e.to_string()).collect();
+        let more = if failures.len() > 10 {
+            format!(" and {} more", failures.len() - 10)
+        } else {
+            String::new()
+        };
+        return Err(DataError::Decode {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "{} unreadable images ({}{more}); fix or remove them, or pass --skip-bad",
+                failures.len(),
+                listed.join("; ")
+            ),
+        });
+    }
+    let bad: std::collections::HashSet<usize> = failures.iter().map(|(i, _)| *i).collect();
+    let kept = images
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !bad.contains(i))
+        .map(|(_, img)| img)
+        .collect();
+    Ok(ScanReport {
+        images: kept,
+        skipped: bad.len(),
+    })
+}
+
+/// The augmentations of `config` around the model's eval transform.
+pub(super) fn train_transform(config: &TrainConfig, eval: &EvalTransform) -> TrainTransform {
+    let a = &config.augment;
+    TrainTransform {
+        eval: eval.clone(),
+        crop_scale: a.random_resized_crop.then_some((a.scale[0], a.scale[1])),
+        crop_ratio: (a.ratio[0], a.ratio[1]),
+        hflip: a.hflip,
+        color_jitter: a.color_jitter,
+    }
+}
+
+/// Image order of `epoch`: a permutation that depends only on the seed and the epoch.
+pub(super) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::derive(seed, &[0x5EED, epoch as u64]).shuffle(&mut order);
+    order
+}
+
+/// Decodes and augments `indices` of `images` in parallel; every image's randomness comes
+/// from `(seed, epoch, image index)`.
+pub(super) fn train_batch(
+    images: &[LabeledImage],
+    indices: &[usize],
+    transform: &TrainTransform,
+    seed: u64,
+    epoch: usize,
+) -> Result<(Vec<f32>, Vec<i64>), DataError> {
+    let pixels: Vec<Vec<f32>> = indices
+        .par_iter()
+        .map(|&i| {
+            let mut rng = Rng::derive(seed, &[epoch as u64, i as u64]);
+            load_rgb(&images[i].path).map(|img| transform.apply(&img, &mut rng))
+        })
+        .collect::<Result<_, _>>()?;
+    let labels = indices.iter().map(|&i| images[i].label as i64).collect();
+    Ok((pixels.concat(), labels))
+}
