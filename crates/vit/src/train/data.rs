@@ -76,6 +76,15 @@ pub(super) fn train_transform(config: &TrainConfig, eval: &EvalTransform) -> Tra
     }
 }
 
+/// Threads that decode and augment (`workers`; 0 means one per core).
+pub(super) fn worker_pool(workers: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("gaze-data-{i}"))
+        .build()
+        .expect("worker threads start")
+}
+
 /// Image order of `epoch`: a permutation that depends only on the seed and the epoch.
 pub(super) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();

@@ -397,13 +397,12 @@ pub fn train(
             let images = train_scan.images.clone();
             let transform = train_transform.clone();
             let seed = config.run.seed;
+            let pool = data::worker_pool(config.data.workers);
             std::thread::spawn(move || {
                 for b in first..batches {
                     let idx = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
-                    if tx
-                        .send(data::train_batch(&images, idx, &transform, seed, epoch))
-                        .is_err()
-                    {
+                    let batch = pool.install(|| data::train_batch(&images, idx, &transform, seed, epoch));
+                    if tx.send(batch).is_err() {
                         return;
                     }
                 }
