@@ -1,6 +1,27 @@
-//! CATR image captioning (a ResNet backbone with a transformer encoder/decoder, "CATR:
-//! Caption Transformer", Saahil Uppal) on burn, with one cross-attention map per generated
-//! word.
+//! CATR image captioning ("CATR: Image Captioning with Transformers", Saahil Uppal, 2020,
+//! <https://github.com/saahiluppal/catr>), a DETR-style model: a ResNet backbone with frozen
+//! batch norm, a pre-norm transformer encoder over the image features and a decoder over BERT
+//! word pieces, and a 3-layer MLP head. Laid out like the published checkpoint so that it
+//! loads by name.
 //!
-//! Not implemented yet: see the caption-attention issue. The crate exists so that the
-//! workspace layout is fixed from the start.
+//! * [`CatrConfig`] with the published `v3` preset and small variants for tests.
+//! * [`Caption::caption`] decodes greedily with the encoder run once and a key/value cache,
+//!   returning per step the last decoder layer's head-averaged cross-attention.
+//! * [`Vocab`] turns word-piece ids into text as `BertTokenizer.decode` (transformers 3.0.2).
+//! * [`load_catr`] reads `torch.save({'model': state_dict})` files (zip or legacy pickle).
+
+mod backbone;
+mod checkpoint;
+mod config;
+mod model;
+mod preprocess;
+mod text;
+mod transformer;
+
+pub use backbone::{Bottleneck, FrozenBatchNorm2d, ResNet};
+pub use checkpoint::{CaptionError, load_catr};
+pub use config::CatrConfig;
+pub use model::{Caption, CaptionOutput};
+pub use preprocess::{catr_size, preprocess};
+pub use text::{Vocab, VocabError, Word, words};
+pub use transformer::{DecoderLayer, EncoderLayer, MultiheadAttention};

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use gaze_data::{collect_images, load_rgb, write_atomic, write_npy_f32};
+use gaze_data::{collect_images, ensure_readable, load_rgb, write_atomic, write_npy_f32};
 use gaze_vit::{explain, load_pretrained, parse_device};
 use gaze_viz::analysis::{ClsMaps, HeadFusion, cls_maps, cosine_similarity_matrix};
 use gaze_viz::figures::{Region, attention_figure, posembed_figure};
@@ -141,6 +141,7 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
         bail!("--discard-ratio must be in [0, 1), got {}", args.discard_ratio);
     }
     let paths = collect_images(&args.images)?;
+    ensure_readable(&paths)?;
     let names = args.class_names.as_deref().map(read_class_names).transpose()?;
     let device = parse_device(&args.device)?;
     let (model, config) = load_pretrained(&args.weights, args.model.as_deref(), &device)?;

@@ -2,6 +2,7 @@
 //!
 //! A thin binary: each subcommand parses its arguments and calls the libraries.
 
+mod caption;
 mod classify;
 mod figures;
 mod progress;
@@ -29,6 +30,7 @@ enum Command {
     Train(train::TrainArgs),
     Synth(train::SynthArgs),
     Compare(train::CompareArgs),
+    Caption(caption::CaptionArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run_train(args),
         Command::Synth(args) => train::run_synth(args),
         Command::Compare(args) => train::run_compare(args),
+        Command::Caption(args) => caption::caption(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

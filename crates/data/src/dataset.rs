@@ -38,6 +38,39 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     Ok(images)
 }
 
+/// Decodes every image once, in parallel, and returns the ones that fail, by position, so
+/// that a run can refuse bad input before it writes anything.
+pub fn find_unreadable(paths: &[PathBuf]) -> Vec<(usize, DataError)> {
+    use rayon::prelude::*;
+    paths
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, p)| crate::load_rgb(p).err().map(|e| (i, e)))
+        .collect()
+}
+
+/// Fails with every unreadable image listed (the first ten named).
+pub fn ensure_readable(paths: &[PathBuf]) -> Result<(), DataError> {
+    let failures = find_unreadable(paths);
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.into_iter().next().unwrap().1),
+        n => {
+            let listed: Vec<String> = failures.iter().take(10).map(|(_, e)| e.to_string()).collect();
+            let more = if n > 10 {
+                format!(" and {} more", n - 10)
+            } else {
+                String::new()
+            };
+            let first = &paths[failures[0].0];
+            Err(DataError::Decode {
+                path: first.parent().unwrap_or(first).to_path_buf(),
+                reason: format!("{n} unreadable images ({}{more})", listed.join("; ")),
+            })
+        }
+    }
+}
+
 /// An image whose class is known from its file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabeledImage {

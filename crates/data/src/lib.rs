@@ -19,7 +19,9 @@ pub mod rng;
 pub mod synth;
 pub mod transform;
 
-pub use dataset::{LabeledImage, collect_images, labeled_images, parse_label};
+pub use dataset::{
+    LabeledImage, collect_images, ensure_readable, find_unreadable, labeled_images, parse_label,
+};
 pub use decode::load_rgb;
 pub use error::DataError;
 /// The `image` crate, re-exported so users of gaze share its `RgbImage`.

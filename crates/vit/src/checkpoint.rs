@@ -91,13 +91,15 @@ impl Checkpoint {
             .iter()
             .map(|(k, t)| (k.clone(), t.shape().to_vec()))
             .collect();
+        // Training checkpoints keep the weights under `state_dict` or `model` beside other
+        // entries (optimizer state, epoch); only the weights are read.
         let mut top_level_key = None;
         for key in ["state_dict", "model"] {
             let prefix = format!("{key}.");
-            if !shapes.is_empty() && shapes.keys().all(|k| k.starts_with(&prefix)) {
+            if shapes.keys().any(|k| k.starts_with(&prefix)) {
                 shapes = shapes
                     .into_iter()
-                    .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v)))
                     .collect();
                 top_level_key = Some(key.to_string());
                 break;
@@ -165,8 +167,10 @@ impl Checkpoint {
         self.shapes.get("head.weight").map(|s| s[0])
     }
 
-    /// Compares with the tensors `model` expects (PyTorch layout); `None` when they agree.
-    fn mismatch(&self, expected: &BTreeMap<String, Vec<usize>>, ignore_head: bool) -> Option<String> {
+    /// Compares with the tensors a model expects (names and PyTorch shapes, e.g. from
+    /// [`state_dict_shapes`]); `None` when they agree, else a one-line list of what is
+    /// missing, unexpected or wrongly shaped. With `ignore_head`, `head.*` is not compared.
+    pub fn mismatch(&self, expected: &BTreeMap<String, Vec<usize>>, ignore_head: bool) -> Option<String> {
         let skip = |k: &str| ignore_head && k.starts_with("head.");
         let missing: Vec<_> = expected
             .keys()
@@ -219,7 +223,7 @@ impl Checkpoint {
 }
 
 /// Tensor names and shapes of `model` as PyTorch/timm would list them.
-pub fn state_dict_shapes(model: &VisionTransformer) -> BTreeMap<String, Vec<usize>> {
+pub fn state_dict_shapes<M: ModuleSnapshot>(model: &M) -> BTreeMap<String, Vec<usize>> {
     model
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
         .into_iter()

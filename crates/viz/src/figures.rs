@@ -46,7 +46,7 @@ impl Region {
 
 /// `base` with the coarse `map` (row-major `grid`) upsampled over `region` and coloured by
 /// `cmap` at opacity `alpha`; values are placed on `range` (low, high). Outside `region`,
-/// where the model saw nothing, the image is dimmed.
+/// where the model saw nothing, the image is dimmed. `region` may overhang the image.
 pub fn overlay(
     base: &RgbImage,
     map: &[f32],

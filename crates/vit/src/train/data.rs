@@ -4,7 +4,7 @@ use std::path::Path;
 
 use gaze_data::augment::TrainTransform;
 use gaze_data::rng::Rng;
-use gaze_data::{DataError, EvalTransform, LabeledImage, labeled_images, load_rgb};
+use gaze_data::{DataError, EvalTransform, LabeledImage, find_unreadable, labeled_images, load_rgb};
 use rayon::prelude::*;
 
 use super::TrainConfig;
@@ -27,11 +27,8 @@ pub fn scan_images(dir: &Path, num_classes: usize, skip_bad: bool) -> Result<Sca
             reason: format!("label {} but model.num_classes is {num_classes}", bad.label),
         });
     }
-    let failures: Vec<(usize, DataError)> = images
-        .par_iter()
-        .enumerate()
-        .filter_map(|(i, img)| load_rgb(&img.path).err().map(|e| (i, e)))
-        .collect();
+    let paths: Vec<std::path::PathBuf> = images.iter().map(|i| i.path.clone()).collect();
+    let failures = find_unreadable(&paths);
     if failures.is_empty() {
         return Ok(ScanReport { images, skipped: 0 });
     }

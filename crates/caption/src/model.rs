@@ -1,0 +1,212 @@
+//! The whole captioner and its greedy decoder.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::CatrConfig;
+use crate::backbone::ResNet;
+use crate::transformer::{DecoderLayer, EncoderLayer, sine_position};
+
+/// `[CLS]`, the first input token, and `[SEP]`, which ends a caption (hard-coded upstream).
+pub const CLS: usize = 101;
+pub const SEP: usize = 102;
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub layers: Vec<EncoderLayer>,
+    pub norm: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    pub layers: Vec<DecoderLayer>,
+    pub norm: LayerNorm,
+}
+
+/// Word plus learned position embedding, then LayerNorm (eps 1e-12), as BERT.
+#[derive(Module, Debug)]
+pub struct Embeddings {
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    /// Checkpoint `LayerNorm`.
+    pub layer_norm: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct Transformer {
+    pub encoder: Encoder,
+    pub embeddings: Embeddings,
+    pub decoder: Decoder,
+}
+
+/// Linear → ReLU → Linear → ReLU → Linear.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub layers: Vec<Linear>,
+}
+
+/// CATR: `backbone`, `input_proj`, `transformer`, `mlp`, as in the checkpoint (whose
+/// `backbone.0.body.` prefix and `downsample.0/1` are renamed on load).
+#[derive(Module, Debug)]
+pub struct Caption {
+    pub backbone: ResNet,
+    pub input_proj: Conv2d,
+    pub transformer: Transformer,
+    pub mlp: Mlp,
+}
+
+/// A greedy caption and where each step looked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionOutput {
+    /// Generated word-piece ids, without `[CLS]` and `[SEP]`.
+    pub tokens: Vec<usize>,
+    /// Per decoding step (one per token, plus the step that chose `[SEP]` if it was
+    /// reached), the last decoder layer's cross-attention averaged over heads, `hf * wf`
+    /// values row-major over the feature grid.
+    pub attention: Vec<Vec<f32>>,
+    /// Feature grid `(hf, wf)`: `(ceil(h / 16), ceil(w / 16))` for the dilated backbone.
+    pub grid: (usize, usize),
+    /// Logits of the first step, for checks.
+    pub first_logits: Vec<f32>,
+}
+
+impl CatrConfig {
+    pub fn init(&self, device: &Device) -> Caption {
+        let d = self.hidden_dim;
+        let (heads, ffn) = (self.nheads, self.dim_feedforward);
+        Caption {
+            backbone: ResNet::new(self, device),
+            input_proj: Conv2dConfig::new([self.backbone_channels(), d], [1, 1]).init(device),
+            transformer: Transformer {
+                encoder: Encoder {
+                    layers: (0..self.enc_layers)
+                        .map(|_| EncoderLayer::new(d, heads, ffn, device))
+                        .collect(),
+                    norm: LayerNormConfig::new(d).init(device),
+                },
+                embeddings: Embeddings {
+                    word_embeddings: EmbeddingConfig::new(self.vocab_size, d).init(device),
+                    position_embeddings: EmbeddingConfig::new(self.max_position_embeddings, d).init(device),
+                    layer_norm: LayerNormConfig::new(d)
+                        .with_epsilon(self.layer_norm_eps)
+                        .init(device),
+                },
+                decoder: Decoder {
+                    layers: (0..self.dec_layers)
+                        .map(|_| DecoderLayer::new(d, heads, ffn, device))
+                        .collect(),
+                    norm: LayerNormConfig::new(d).init(device),
+                },
+            },
+            mlp: Mlp {
+                layers: vec![
+                    LinearConfig::new(d, 2 * d).init(device),
+                    LinearConfig::new(2 * d, 2 * d).init(device),
+                    LinearConfig::new(2 * d, self.vocab_size).init(device),
+                ],
+            },
+        }
+    }
+}
+
+impl Caption {
+    /// Image features after the encoder, `[1, cells, d]`, their sine positions, and the grid.
+    pub fn encode(&self, image: Tensor<4>) -> (Tensor<3>, Tensor<3>, (usize, usize)) {
+        let device = image.device();
+        let features = self.input_proj.forward(self.backbone.forward(image)); // [1, d, hf, wf]
+        let [batch, d, hf, wf] = features.dims();
+        let src = features.reshape([batch, d, hf * wf]).swap_dims(1, 2); // [1, cells, d]
+        let pos = Tensor::<3>::from_data(
+            TensorData::new(sine_position(hf, wf, d), [1, hf * wf, d]),
+            &device,
+        );
+        let encoder = &self.transformer.encoder;
+        let x = encoder
+            .layers
+            .iter()
+            .fold(src, |x, layer| layer.forward(x, pos.clone()));
+        (encoder.norm.forward(x), pos, (hf, wf))
+    }
+
+    /// Logits `[vocab]` of the head for decoder output `t` `[1, 1, d]`.
+    fn head(&self, t: Tensor<3>) -> Tensor<3> {
+        let [a, b, c] = &self.mlp.layers[..] else {
+            panic!("CATR's head has three layers")
+        };
+        c.forward(relu(b.forward(relu(a.forward(t)))))
+    }
+
+    /// Greedy decoding as CATR's `predict.py` (start from `[CLS]`, stop at `[SEP]` or after
+    /// `max_tokens`), with the encoder run once and a key/value cache in the decoder.
+    pub fn caption(&self, image: Tensor<4>, max_tokens: usize) -> CaptionOutput {
+        let (memory, pos, grid) = self.encode(image);
+        let emb = &self.transformer.embeddings;
+        let positions = emb.position_embeddings.weight.val();
+        let words = emb.word_embeddings.weight.val();
+        let decoder = &self.transformer.decoder;
+        let mut caches: Vec<_> = decoder
+            .layers
+            .iter()
+            .map(|l| l.cache(memory.clone(), pos.clone()))
+            .collect();
+        let [_, d] = words.dims();
+        let (mut tokens, mut attention, mut first_logits) = (Vec::new(), Vec::new(), Vec::new());
+        let mut token = CLS;
+        let max_steps = max_tokens.min(positions.dims()[0] - 1);
+        for step in 0..max_steps {
+            let qpos = positions.clone().narrow(0, step, 1).reshape([1, 1, d]);
+            let word = words.clone().narrow(0, token, 1).reshape([1, 1, d]);
+            // The learned position is added here and again as the query position, as upstream.
+            let mut t = emb.layer_norm.forward(word + qpos.clone());
+            let mut weights = None;
+            for (layer, cache) in decoder.layers.iter().zip(caches.iter_mut()) {
+                let (out, w) = layer.step(t, qpos.clone(), cache);
+                t = out;
+                weights = Some(w);
+            }
+            let logits = self.head(decoder.norm.forward(t));
+            let logits: Vec<f32> = logits
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .expect("f32 logits");
+            let row: Vec<f32> = weights
+                .expect("at least one decoder layer")
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .expect("f32");
+            attention.push(row);
+            let next = first_max(&logits);
+            if step == 0 {
+                first_logits = logits;
+            }
+            if next == SEP {
+                break;
+            }
+            tokens.push(next);
+            token = next;
+        }
+        CaptionOutput {
+            tokens,
+            attention,
+            grid,
+            first_logits,
+        }
+    }
+}
+
+/// Index of the first largest value (PyTorch's `argmax` on ties).
+fn first_max(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0
+}

@@ -1,0 +1,167 @@
+//! Parity with a PyTorch CATR (tools/gen_catr_fixtures.py, decoding as predict.py).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use gaze_caption::{CaptionError, CatrConfig, load_catr, preprocess};
+use gaze_data::load_rgb;
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn small() -> CatrConfig {
+    CatrConfig::new()
+        .with_resnet_blocks([1, 1, 2, 2])
+        .with_resnet_width(8)
+        .with_hidden_dim(32)
+        .with_nheads(4)
+        .with_enc_layers(2)
+        .with_dec_layers(2)
+        .with_dim_feedforward(64)
+        .with_vocab_size(140)
+}
+
+const STEMS: [&str; 5] = [
+    "wide_640x480",
+    "tall_480x640",
+    "square_300x300",
+    "odd_550x400",
+    "small_120x90",
+];
+
+fn expected_json() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap()
+}
+
+fn expected_f32(key: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(fixtures().join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(key).unwrap();
+    (
+        view.shape().to_vec(),
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+    )
+}
+
+fn fnv1a64(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    });
+    format!("{h:016x}")
+}
+
+fn input(stem: &str, device: &Device) -> Tensor<4> {
+    let image = load_rgb(&fixtures().join(format!("images/{stem}.png"))).unwrap();
+    let (resized, pixels) = preprocess(&image);
+    let (w, h) = resized.dimensions();
+    Tensor::from_data(TensorData::new(pixels, [1, 3, h as usize, w as usize]), device)
+}
+
+#[test]
+fn preprocessing_is_bit_exact_with_pillow() {
+    let expected = expected_json();
+    for stem in STEMS {
+        let image = load_rgb(&fixtures().join(format!("images/{stem}.png"))).unwrap();
+        let (resized, _) = preprocess(&image);
+        let want = &expected[stem];
+        assert_eq!(
+            serde_json::json!([resized.width(), resized.height()]),
+            want["size"],
+            "{stem}"
+        );
+        assert_eq!(
+            fnv1a64(resized.as_raw()),
+            want["resized_fnv"].as_str().unwrap(),
+            "{stem}"
+        );
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn greedy_captions_match_pytorch() {
+    let device = Device::flex();
+    let expected = expected_json();
+    let model = load_catr(&fixtures().join("catr_small.pth"), &small(), &device).unwrap();
+    let ends = load_catr(&fixtures().join("catr_small_ends.pth"), &small(), &device).unwrap();
+    let (mut worst_logit, mut worst_attn) = (0f32, 0f32);
+    for stem in STEMS {
+        let x = input(stem, &device);
+        for (prefix, m) in [("", &model), ("ends_", &ends)] {
+            let out = m.caption(x.clone(), 127);
+            let tokens: Vec<usize> = expected[stem][format!("{prefix}tokens")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(out.tokens, tokens, "{stem} {prefix}tokens");
+            let (shape, attn) = expected_f32(&format!("{prefix}attn.{stem}"));
+            assert_eq!(out.attention.len(), shape[0], "{stem}: one map per step");
+            assert_eq!(out.grid.0 * out.grid.1, shape[1], "{stem}: feature grid");
+            worst_attn = worst_attn.max(max_abs_diff(&out.attention.concat(), &attn));
+            if prefix.is_empty() {
+                let (_, logits) = expected_f32(&format!("logits0.{stem}"));
+                worst_logit = worst_logit.max(max_abs_diff(&out.first_logits, &logits));
+            }
+        }
+    }
+    eprintln!("max abs diff vs PyTorch: step-0 logits {worst_logit:e}, attention {worst_attn:e}");
+    assert!(worst_logit < 1e-4, "logits differ by {worst_logit}");
+    assert!(worst_attn < 1e-5, "attention differs by {worst_attn}");
+}
+
+#[test]
+fn feature_grid_is_ceil_of_a_sixteenth() {
+    let device = Device::flex();
+    let model = load_catr(&fixtures().join("catr_small_ends.pth"), &small(), &device).unwrap();
+    for (stem, grid) in [
+        ("wide_640x480", (14, 19)),
+        ("tall_480x640", (19, 14)),
+        ("odd_550x400", (14, 19)),
+    ] {
+        assert_eq!(model.caption(input(stem, &device), 127).grid, grid, "{stem}");
+    }
+}
+
+#[test]
+fn legacy_and_zip_checkpoints_agree() {
+    let device = Device::flex();
+    let x = input("square_300x300", &device);
+    let zip = load_catr(&fixtures().join("catr_small.pth"), &small(), &device)
+        .unwrap()
+        .caption(x.clone(), 8);
+    let legacy = load_catr(&fixtures().join("catr_small_legacy.pth"), &small(), &device)
+        .unwrap()
+        .caption(x, 8);
+    assert_eq!(zip, legacy);
+}
+
+#[test]
+fn wrong_checkpoints_are_clear_errors() {
+    let device = Device::flex();
+    let path = fixtures().join("catr_small.pth");
+    let err = load_catr(&path, &small().with_vocab_size(30522), &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, CaptionError::Mismatch { .. }), "{msg}");
+    assert!(
+        msg.contains("catr_small.pth")
+            && msg.contains("word_embeddings.weight is [140, 32], expected [30522, 32]"),
+        "{msg}"
+    );
+    let vit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vit/tests/fixtures/reduced.pth");
+    let msg = load_catr(&vit, &small(), &device).unwrap_err().to_string();
+    assert!(
+        msg.contains("reduced.pth") && msg.contains("not a CATR checkpoint"),
+        "{msg}"
+    );
+}

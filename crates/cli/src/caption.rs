@@ -1,0 +1,171 @@
+//! `gaze caption`: CATR captions with one attention map per word.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Tensor, TensorData};
+use clap::Args;
+use gaze_caption::{CatrConfig, Vocab, load_catr, preprocess, words};
+use gaze_data::{collect_images, ensure_readable, load_rgb, write_atomic};
+use gaze_viz::figures::{Region, attention_figure};
+use gaze_viz::{Colormap, save_png};
+use serde::Serialize;
+
+use crate::progress::bar;
+
+/// Caption images with CATR and draw where the decoder looked for every word.
+#[derive(Args)]
+pub struct CaptionArgs {
+    /// CATR checkpoint (torch.save({'model': state_dict}), zip or legacy format).
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// BERT uncased word pieces: vocab.txt or tokenizer.json.
+    #[arg(long, value_name = "FILE")]
+    vocab: PathBuf,
+    /// Image files and/or folders.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    images: Vec<PathBuf>,
+    /// Output folder; gets <stem>.png per image (and <stem>.json with --json).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Also write <stem>.json: caption, token_ids, feat_grid, attention, words.
+    #[arg(long)]
+    json: bool,
+    /// Architecture as JSON (fields of CatrConfig) [default: the published v3 model].
+    #[arg(long, value_name = "FILE")]
+    arch: Option<PathBuf>,
+    /// Longest caption in word pieces.
+    #[arg(long, default_value_t = 127)]
+    max_tokens: usize,
+    /// Panels per row in the figure.
+    #[arg(long, default_value_t = 4)]
+    columns: usize,
+    /// Backend device (see `gaze predict --help`).
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Serialize)]
+struct WordJson {
+    text: String,
+    /// Indices into token_ids / attention of this word's pieces.
+    steps: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct CaptionJson {
+    caption: String,
+    token_ids: Vec<usize>,
+    feat_grid: [usize; 2],
+    /// One `[h][w]` map per generated token (row k of the last decoder layer's cross-attention at step k).
+    attention: Vec<Vec<Vec<f32>>>,
+    /// The map of the step that chose [SEP], when the caption ended before the limit.
+    end_attention: Option<Vec<Vec<f32>>>,
+    words: Vec<WordJson>,
+}
+
+pub fn caption(args: CaptionArgs) -> Result<()> {
+    let config = match &args.arch {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: could not read", path.display()))?;
+            serde_json::from_str::<CatrConfig>(&text)
+                .with_context(|| format!("{}: not a CATR config", path.display()))?
+        }
+        None => CatrConfig::v3(),
+    };
+    let vocab = Vocab::from_file(&args.vocab)?;
+    if vocab.len() != config.vocab_size {
+        bail!(
+            "{}: {} word pieces, but the model has {}; use the vocabulary the checkpoint was trained with (bert-base-uncased for the published CATR)",
+            args.vocab.display(),
+            vocab.len(),
+            config.vocab_size
+        );
+    }
+    let paths = collect_images(&args.images)?;
+    ensure_readable(&paths)?;
+    let device = gaze_vit::parse_device(&args.device)?;
+    let model = load_catr(&args.weights, &config, &device)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: could not create", args.out.display()))?;
+    let progress = bar(paths.len(), "caption");
+    for path in &paths {
+        let (resized, pixels) = preprocess(&load_rgb(path)?);
+        let (w, h) = resized.dimensions();
+        let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h as usize, w as usize]), &device);
+        let out = model.caption(input, args.max_tokens);
+        let text = vocab.decode(&out.tokens);
+        let (gh, gw) = out.grid;
+        let grouped = words(&vocab, &out.tokens);
+        // Pieces of one word share a panel: their maps are averaged.
+        let mut maps: Vec<(String, Vec<f32>)> = grouped
+            .iter()
+            .map(|word| {
+                let mut mean = vec![0f32; gh * gw];
+                for &s in &word.steps {
+                    mean.iter_mut()
+                        .zip(&out.attention[s])
+                        .for_each(|(m, v)| *m += v / word.steps.len() as f32);
+                }
+                (word.text.clone(), mean)
+            })
+            .collect();
+        let ended = out.attention.len() > out.tokens.len();
+        if ended {
+            maps.push(("[end]".into(), out.attention[out.tokens.len()].clone()));
+        }
+        // Feature cell (y, x) covers pixels [16y, 16y + 16) x [16x, 16x + 16): the grid
+        // overhangs the image when a side is not a multiple of 16.
+        let region = Region {
+            x: 0,
+            y: 0,
+            width: 16 * gw as u32,
+            height: 16 * gh as u32,
+        };
+        let title = if text.is_empty() {
+            "(empty caption)".to_string()
+        } else {
+            text.clone()
+        };
+        let figure = attention_figure(
+            &resized,
+            region,
+            &maps,
+            (gh, gw),
+            &title,
+            Colormap::Viridis,
+            args.columns,
+        );
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if args.json {
+            let grid = |row: &Vec<f32>| row.chunks(gw).map(<[f32]>::to_vec).collect::<Vec<_>>();
+            let json = CaptionJson {
+                caption: text,
+                token_ids: out.tokens.clone(),
+                feat_grid: [gh, gw],
+                attention: out.attention[..out.tokens.len()].iter().map(grid).collect(),
+                end_attention: ended.then(|| grid(&out.attention[out.tokens.len()])),
+                words: grouped
+                    .into_iter()
+                    .map(|w| WordJson {
+                        text: w.text,
+                        steps: w.steps,
+                    })
+                    .collect(),
+            };
+            let file = args.out.join(format!("{stem}.json"));
+            write_atomic(&file, &serde_json::to_vec_pretty(&json)?)
+                .with_context(|| format!("{}: could not write", file.display()))?;
+        }
+        let file = args.out.join(format!("{stem}.png"));
+        save_png(&figure, &file).with_context(|| format!("{}: could not write", file.display()))?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    eprintln!("wrote {} captions to {}", paths.len(), args.out.display());
+    Ok(())
+}
