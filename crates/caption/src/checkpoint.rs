@@ -1,9 +1,10 @@
-//! Loading the published CATR checkpoint: `torch.save({'model': state_dict})`, zip or legacy.
+//! Loading the published CATR checkpoint: `torch.save({'model': state_dict})`, zip or legacy,
+//! or the same state dict as `.safetensors`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
 use burn::tensor::Device;
 use gaze_vit::checkpoint::{Checkpoint, Format, state_dict_shapes};
 
@@ -31,17 +32,20 @@ fn checkpoint_key(name: &str) -> String {
         .replace("embeddings.layer_norm.", "embeddings.LayerNorm.")
 }
 
+/// Checkpoint spellings (regex) and the module paths they load into; see [`checkpoint_key`].
+const RENAMES: [(&str, &str); 4] = [
+    (r"^backbone\.0\.body\.", "backbone."),
+    (r"downsample\.0\.", "downsample_conv."),
+    (r"downsample\.1\.", "downsample_bn."),
+    (r"embeddings\.LayerNorm\.", "embeddings.layer_norm."),
+];
+
 /// Builds `config`'s model with the weights in `path`, after checking every name and shape.
 pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Caption, CaptionError> {
     let checkpoint = Checkpoint::open(path)?;
     let mismatch = |message: String| CaptionError::Mismatch {
         path: path.to_path_buf(),
         message,
-    };
-    let Format::Pytorch { top_level_key } = &checkpoint.format else {
-        return Err(mismatch(
-            "expected a PyTorch checkpoint (torch.save({'model': state_dict}))".into(),
-        ));
     };
     let mut model = config.init(device);
     let expected: BTreeMap<String, Vec<usize>> = state_dict_shapes(&model)
@@ -56,16 +60,26 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
         };
         return Err(mismatch(format!("{hint}: {details}")));
     }
-    let mut store = PytorchStore::from_file(path)
-        .map_indices_contiguous(false)
-        .with_key_remapping(r"^backbone\.0\.body\.", "backbone.")
-        .with_key_remapping(r"downsample\.0\.", "downsample_conv.")
-        .with_key_remapping(r"downsample\.1\.", "downsample_bn.")
-        .with_key_remapping(r"embeddings\.LayerNorm\.", "embeddings.layer_norm.");
-    if let Some(key) = top_level_key {
-        store = store.with_top_level_key(key);
-    }
-    let result = model.load_from(&mut store).map_err(|e| mismatch(e.to_string()))?;
+    let result = match &checkpoint.format {
+        Format::Pytorch { top_level_key } => {
+            let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+            for (from, to) in RENAMES {
+                store = store.with_key_remapping(from, to);
+            }
+            if let Some(key) = top_level_key {
+                store = store.with_top_level_key(key);
+            }
+            model.load_from(&mut store).map_err(|e| mismatch(e.to_string()))?
+        }
+        // The same state dict converted with `safetensors.torch.save_file`.
+        Format::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
+            for (from, to) in RENAMES {
+                store = store.with_key_remapping(from, to);
+            }
+            model.load_from(&mut store).map_err(|e| mismatch(e.to_string()))?
+        }
+    };
     if !result.errors.is_empty() || !result.missing.is_empty() {
         let errors: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
         let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();

@@ -94,8 +94,17 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
         let (resized, pixels) = preprocess(&load_rgb(path)?);
         let (w, h) = resized.dimensions();
         let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h as usize, w as usize]), &device);
+        let started = std::time::Instant::now();
         let out = model.caption(input, args.max_tokens);
+        let seconds = started.elapsed().as_secs_f64();
         let text = vocab.decode(&out.tokens);
+        progress.suspend(|| {
+            println!(
+                "{}: {text} ({} tokens, {seconds:.2} s)",
+                gaze_vit::infer::display_name(path),
+                out.tokens.len()
+            )
+        });
         let (gh, gw) = out.grid;
         let grouped = words(&vocab, &out.tokens);
         // Pieces of one word share a panel: their maps are averaged.

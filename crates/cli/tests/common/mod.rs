@@ -140,3 +140,56 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+fn hashed(n: usize, seed: u64) -> impl Iterator<Item = f64> {
+    (0..n as u64).map(move |i| {
+        let mut x = (i * 2_654_435_761 + seed) & 0xFFFF_FFFF;
+        x ^= x >> 15;
+        x = (x * 0x2C1B_3C6D) & 0xFFFF_FFFF;
+        x ^= x >> 12;
+        x as f64 / 4_294_967_296.0 - 0.5
+    })
+}
+
+/// `catr_formula_value` of tools/gen_catr_full.py, value for value.
+pub fn catr_formula_value(name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let fan_in: usize = shape[1..].iter().product();
+    let gain = if shape.len() == 4 { 6.0 } else { 3.0 };
+    hashed(n, fnv1a(name))
+        .map(|h| {
+            let v = if name.ends_with("running_var") {
+                1.0 + 0.4 * h
+            } else if name.ends_with("running_mean") {
+                0.1 * h
+            } else if name.ends_with("bn3.weight") {
+                0.2 + 0.1 * h
+            } else if name.ends_with("weight") && (name.contains(".bn") || name.contains("downsample.1")) {
+                1.0 + 0.2 * h
+            } else if name.ends_with("bias") {
+                0.1 * h
+            } else if name.to_lowercase().contains("norm") {
+                1.0 + 0.2 * h
+            } else if name.contains("embeddings") {
+                0.5 * h
+            } else {
+                h * 2.0 * (gain / fan_in as f64).sqrt()
+            };
+            v as f32
+        })
+        .collect()
+}
+
+/// Writes `tensors` (name, shape, f32 values) as a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
