@@ -25,7 +25,7 @@ pub enum CaptionError {
 
 /// Checkpoint spelling of a module path: `backbone.0.body.` before the ResNet,
 /// `downsample.0/1` for the shortcut's convolution and batch norm, BERT's `LayerNorm`.
-fn checkpoint_key(name: &str) -> String {
+pub fn checkpoint_key(name: &str) -> String {
     let name = name.replacen("backbone.", "backbone.0.body.", 1);
     name.replace("downsample_conv.", "downsample.0.")
         .replace("downsample_bn.", "downsample.1.")

@@ -19,7 +19,7 @@ mod text;
 mod transformer;
 
 pub use backbone::{Bottleneck, FrozenBatchNorm2d, ResNet};
-pub use checkpoint::{CaptionError, load_catr};
+pub use checkpoint::{CaptionError, checkpoint_key, load_catr};
 pub use config::CatrConfig;
 pub use model::{Caption, CaptionOutput};
 pub use preprocess::{catr_size, preprocess};

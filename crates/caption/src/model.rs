@@ -180,7 +180,7 @@ impl Caption {
                 .try_to_vec()
                 .expect("f32");
             attention.push(row);
-            let next = first_max(&logits);
+            let next = gaze_vit::infer::argmax(&logits);
             if step == 0 {
                 first_logits = logits;
             }
@@ -197,16 +197,4 @@ impl Caption {
             first_logits,
         }
     }
-}
-
-/// Index of the first largest value (PyTorch's `argmax` on ties).
-fn first_max(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0
 }

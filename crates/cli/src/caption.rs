@@ -6,9 +6,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use gaze_caption::{CatrConfig, Vocab, load_catr, preprocess, words};
-use gaze_data::{collect_images, ensure_readable, load_rgb, write_atomic};
+use gaze_data::{collect_images, ensure_readable, load_rgb};
+use gaze_viz::Colormap;
 use gaze_viz::figures::{Region, attention_figure};
-use gaze_viz::{Colormap, save_png};
 use serde::Serialize;
 
 use crate::progress::bar;
@@ -150,28 +150,22 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if args.json {
-            let grid = |row: &Vec<f32>| row.chunks(gw).map(<[f32]>::to_vec).collect::<Vec<_>>();
-            let json = CaptionJson {
-                caption: text,
-                token_ids: out.tokens.clone(),
-                feat_grid: [gh, gw],
-                attention: out.attention[..out.tokens.len()].iter().map(grid).collect(),
-                end_attention: ended.then(|| grid(&out.attention[out.tokens.len()])),
-                words: grouped
-                    .into_iter()
-                    .map(|w| WordJson {
-                        text: w.text,
-                        steps: w.steps,
-                    })
-                    .collect(),
-            };
-            let file = args.out.join(format!("{stem}.json"));
-            write_atomic(&file, &serde_json::to_vec_pretty(&json)?)
-                .with_context(|| format!("{}: could not write", file.display()))?;
-        }
-        let file = args.out.join(format!("{stem}.png"));
-        save_png(&figure, &file).with_context(|| format!("{}: could not write", file.display()))?;
+        let grid = |row: &Vec<f32>| row.chunks(gw).map(<[f32]>::to_vec).collect::<Vec<_>>();
+        let json = CaptionJson {
+            caption: text,
+            token_ids: out.tokens.clone(),
+            feat_grid: [gh, gw],
+            attention: out.attention[..out.tokens.len()].iter().map(grid).collect(),
+            end_attention: ended.then(|| grid(&out.attention[out.tokens.len()])),
+            words: grouped
+                .into_iter()
+                .map(|w| WordJson {
+                    text: w.text,
+                    steps: w.steps,
+                })
+                .collect(),
+        };
+        crate::figures::write_figure(&args.out, &stem, &figure, args.json.then_some(&json))?;
         progress.inc(1);
     }
     progress.finish_and_clear();

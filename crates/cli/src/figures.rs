@@ -126,6 +126,22 @@ struct AttentionJson {
     probability: f32,
 }
 
+/// Writes `DIR/<stem>.png`, and `DIR/<stem>.json` when given, each atomically.
+pub fn write_figure(
+    dir: &Path,
+    stem: &str,
+    figure: &gaze_data::image::RgbImage,
+    json: Option<&impl Serialize>,
+) -> Result<()> {
+    if let Some(json) = json {
+        let file = dir.join(format!("{stem}.json"));
+        write_atomic(&file, &serde_json::to_vec_pretty(json)?)
+            .with_context(|| format!("{}: could not write", file.display()))?;
+    }
+    let file = dir.join(format!("{stem}.png"));
+    save_png(figure, &file).with_context(|| format!("{}: could not write", file.display()))
+}
+
 fn read_class_names(path: &Path) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("{}: could not read", path.display()))?;
@@ -210,20 +226,14 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if args.json {
-            let json = AttentionJson {
-                grid: seen.grid,
-                cls_attention: maps[0].1.clone(),
-                label,
-                name,
-                probability,
-            };
-            let out = args.out.join(format!("{stem}.json"));
-            write_atomic(&out, &serde_json::to_vec_pretty(&json)?)
-                .with_context(|| format!("{}: could not write", out.display()))?;
-        }
-        let out = args.out.join(format!("{stem}.png"));
-        save_png(&figure, &out).with_context(|| format!("{}: could not write", out.display()))?;
+        let json = AttentionJson {
+            grid: seen.grid,
+            cls_attention: maps[0].1.clone(),
+            label,
+            name,
+            probability,
+        };
+        write_figure(&args.out, &stem, &figure, args.json.then_some(&json))?;
         progress.inc(1);
     }
     progress.finish_and_clear();

@@ -13,17 +13,6 @@ fn catr_fixtures() -> PathBuf {
 const SMALL: &str = r#"{"resnet_blocks":[1,1,2,2],"resnet_width":8,"dilation":true,"hidden_dim":32,"nheads":4,
 "enc_layers":2,"dec_layers":2,"dim_feedforward":64,"vocab_size":140,"max_position_embeddings":128,"layer_norm_eps":1e-12}"#;
 
-fn expected_attention(key: &str) -> Vec<f32> {
-    let bytes = std::fs::read(catr_fixtures().join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(key)
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
 #[test]
 fn captions_maps_and_failures() {
     let dir = scratch("caption");
@@ -82,7 +71,13 @@ fn captions_maps_and_failures() {
                     .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)),
             );
         }
-        let diff = max_abs_diff(&maps, &expected_attention(&format!("ends_attn.{stem}")));
+        let diff = max_abs_diff(
+            &maps,
+            &read_f32(
+                &catr_fixtures().join("expected.safetensors"),
+                &format!("ends_attn.{stem}"),
+            ),
+        );
         assert!(diff < 1e-5, "{stem}: attention differs from PyTorch by {diff}");
         // Different steps look at different places: the maps are not one map repeated.
         assert_ne!(json["attention"][0], json["end_attention"], "{stem}");

@@ -9,19 +9,11 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use common::*;
-use gaze_caption::CatrConfig;
+use gaze_caption::{CatrConfig, checkpoint_key};
 use gaze_vit::checkpoint::state_dict_shapes;
 
 fn catr_fixtures() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../caption/tests/fixtures")
-}
-
-/// Module path to checkpoint key (the inverse of gaze-caption's renames).
-fn checkpoint_key(name: &str) -> String {
-    name.replacen("backbone.", "backbone.0.body.", 1)
-        .replace("downsample_conv.", "downsample.0.")
-        .replace("downsample_bn.", "downsample.1.")
-        .replace("embeddings.layer_norm.", "embeddings.LayerNorm.")
 }
 
 #[test]
@@ -92,8 +84,6 @@ fn full_size_catr_matches_pytorch() {
 
     let expected: serde_json::Value =
         serde_json::from_slice(&std::fs::read(catr_fixtures().join("full_expected.json")).unwrap()).unwrap();
-    let bytes = std::fs::read(catr_fixtures().join("full_expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for stem in stems {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join(format!("{stem}.json"))).unwrap()).unwrap();
@@ -113,13 +103,10 @@ fn full_size_catr_matches_pytorch() {
                     .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)),
             );
         }
-        let want: Vec<f32> = st
-            .tensor(&format!("attn.{stem}"))
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let want = read_f32(
+            &catr_fixtures().join("full_expected.safetensors"),
+            &format!("attn.{stem}"),
+        );
         let diff = max_abs_diff(&maps, &want);
         eprintln!(
             "{stem}: {} tokens, attention max abs diff vs PyTorch {diff:e}",

@@ -86,7 +86,12 @@ pub fn write_formula_vit_small(path: &Path) {
 }
 
 pub fn expected_f32(key: &str) -> Vec<f32> {
-    let bytes = std::fs::read(fixtures().join("expected.safetensors")).unwrap();
+    read_f32(&fixtures().join("expected.safetensors"), key)
+}
+
+/// Tensor `key` of a float32 safetensors file.
+pub fn read_f32(file: &Path, key: &str) -> Vec<f32> {
+    let bytes = std::fs::read(file).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensor(key)
         .unwrap()
