@@ -53,7 +53,13 @@ fn main() -> Result<()> {
             run(cmd)
         }
         Command::Fixtures { python } => {
-            for script in ["tools/gen_vit_fixtures.py", "tools/gen_train_fixtures.py"] {
+            let scripts = [
+                "tools/gen_vit_fixtures.py",
+                "tools/gen_train_fixtures.py",
+                "tools/gen_catr_fixtures.py",
+                "tools/gen_catr_full.py",
+            ];
+            for script in scripts {
                 let mut cmd = Process::new(&python);
                 cmd.arg(script);
                 run(cmd)?;
