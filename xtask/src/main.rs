@@ -6,6 +6,8 @@ use std::process::Command as Process;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod reproduce;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "gaze project tasks")]
 struct Cli {
@@ -15,6 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole assignment in one command: on built-in synthetic data by default, or on the
+    /// real data and weights (--data, --vit-weights, --catr-weights, --vocab). Steps whose
+    /// outputs are newer than their inputs are skipped. Writes runs/reproduce/report.html.
+    Reproduce(reproduce::ReproduceArgs),
     /// Run the test suite exactly as CI does (`cargo test --workspace`).
     Test,
     /// Regenerate the parity fixtures from timm (needs a Python with torch 2.9.0, timm 1.0.20
@@ -47,6 +53,7 @@ fn run(mut cmd: Process) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Reproduce(args) => reproduce::reproduce(&root(), args),
         Command::Test => {
             let mut cmd = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.args(["test", "--workspace"]);

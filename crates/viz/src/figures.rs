@@ -105,7 +105,17 @@ pub fn panel_grid(
 ) -> RgbImage {
     let columns = columns.clamp(1, panels.len().max(1));
     let rows = panels.len().div_ceil(columns);
-    let cell_w = panels.iter().map(|p| p.image.width()).max().unwrap_or(1);
+    let widest_label = panels
+        .iter()
+        .map(|p| text_size(&p.label, LABEL_PX).0 + 8)
+        .max()
+        .unwrap_or(0);
+    let cell_w = panels
+        .iter()
+        .map(|p| p.image.width())
+        .max()
+        .unwrap_or(1)
+        .max(widest_label);
     let cell_h = panels.iter().map(|p| p.image.height()).max().unwrap_or(1);
     let (_, label_h) = text_size("Ag", LABEL_PX);
     let (_, title_h) = text_size("Ag", TITLE_PX);
@@ -122,7 +132,7 @@ pub fn panel_grid(
     draw_text_centered(
         &mut canvas,
         title,
-        (MARGIN + grid_w / 2) as i32,
+        (width / 2) as i32,
         MARGIN as i32,
         TITLE_PX,
         BLACK,
@@ -289,6 +299,22 @@ pub fn attention_figure(
     cmap: Colormap,
     columns: usize,
 ) -> RgbImage {
+    // Small pictures (a 64 px synthetic image) are enlarged so the panels stay legible.
+    let short = view.width().min(view.height()).max(1);
+    let zoom = 256u32.div_ceil(short).max(1);
+    let enlarged;
+    let (view, region) = if zoom > 1 {
+        enlarged = gaze_data::resize::resize_rgb_bicubic(view, view.width() * zoom, view.height() * zoom);
+        let r = Region {
+            x: region.x * zoom,
+            y: region.y * zoom,
+            width: region.width * zoom,
+            height: region.height * zoom,
+        };
+        (&enlarged, r)
+    } else {
+        (view, region)
+    };
     let lo = maps
         .iter()
         .flat_map(|(_, m)| m.iter().cloned())

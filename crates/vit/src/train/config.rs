@@ -45,6 +45,10 @@ pub struct ModelSection {
     /// from the preset's.
     #[serde(default)]
     pub img_size: Option<usize>,
+    /// Fraction of the resized image the eval center crop keeps (the preset's by default:
+    /// 0.9 at 224, 1.0 at 384).
+    #[serde(default)]
+    pub crop_pct: Option<f64>,
     /// Overrides of the preset for small custom models.
     #[serde(default)]
     pub patch_size: Option<usize>,
@@ -272,6 +276,9 @@ impl TrainConfig {
             .with_num_classes(m.num_classes);
         if let Some(s) = m.img_size {
             c = c.with_img_size([s, s]);
+        }
+        if let Some(p) = m.crop_pct {
+            c = c.with_crop_pct(p);
         }
         if let Some(p) = m.patch_size {
             c = c.with_patch_size(p);
