@@ -237,6 +237,7 @@ fn short_run_learns_writes_its_files_and_resumes_exactly() {
     );
     assert_eq!(summary.steps, 12);
     let best = summary.best_val_accuracy.unwrap();
+    eprintln!("2-epoch synthetic run: best val accuracy {best}");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(whole.join("summary.json")).unwrap()).unwrap();
     assert_eq!(json["best_val_accuracy"].as_f64().unwrap(), best);
@@ -305,4 +306,35 @@ fn every_shipped_config_parses() {
         let config = TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
         config.vit_config().unwrap();
     }
+}
+
+#[test]
+fn short_run_beats_chance_by_a_wide_margin() {
+    let dir = scratch("learn");
+    let data = dir.join("synth");
+    let synth = gaze_data::synth::SynthConfig {
+        classes: 3,
+        train: 192,
+        val: 48,
+        size: 32,
+        seed: 2,
+    };
+    gaze_data::synth::write_synth(&data, &synth).unwrap();
+    let config = TrainConfig::parse(
+        &synth_config(&data, 14).to_toml(),
+        &["run.checkpoint_every=0".into()],
+    )
+    .unwrap();
+    let summary = train(
+        &config,
+        &dir.join("run"),
+        &RunOptions::default(),
+        &Device::flex(),
+        &mut Quiet,
+    )
+    .unwrap();
+    let best = summary.best_val_accuracy.unwrap();
+    eprintln!("14-epoch synthetic run: best val accuracy {best}");
+    assert!(best >= 0.8, "3 classes (chance 0.33), got {best}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
