@@ -6,6 +6,7 @@ use std::process::Command as Process;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod reproduce;
 
 #[derive(Parser)]
@@ -21,6 +22,9 @@ enum Command {
     /// real data and weights (--data, --vit-weights, --catr-weights, --vocab). Steps whose
     /// outputs are newer than their inputs are skipped. Writes runs/reproduce/report.html.
     Reproduce(reproduce::ReproduceArgs),
+    /// ViT-S/16-384 inference and training throughput, beside PyTorch's when a Python with
+    /// torch and timm is available; prints gaze/PyTorch ratios (above 1: gaze is faster).
+    Bench(bench::BenchArgs),
     /// Run the test suite exactly as CI does (`cargo test --workspace`).
     Test,
     /// Regenerate the parity fixtures from timm (needs a Python with torch 2.9.0, timm 1.0.20
@@ -54,6 +58,7 @@ fn run(mut cmd: Process) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Reproduce(args) => reproduce::reproduce(&root(), args),
+        Command::Bench(args) => bench::bench(&root(), args),
         Command::Test => {
             let mut cmd = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.args(["test", "--workspace"]);

@@ -1,0 +1,81 @@
+//! Workloads for `cargo xtask bench`: ViT-S/16-384 inference (batch 1 and 8) and one SGD
+//! training step (batch 8), each the median of repeated runs after a warm-up. Prints one
+//! JSON object per line: `{"workload", "unit", "value"}`.
+//!
+//! `BENCH_DEVICE` picks the device (see `gaze predict --help`; default `auto`) and
+//! `BENCH_REPEATS` the number of timed runs (default 5).
+
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use gaze_vit::train::{OptimSection, OptimizerKind, build_optimizer, cross_entropy};
+use gaze_vit::{VitConfig, parse_device};
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn time(repeats: usize, mut run: impl FnMut()) -> f64 {
+    run();
+    median(
+        (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn report(workload: &str, images: usize, seconds: f64) {
+    println!(
+        "{{\"workload\": \"{workload}\", \"unit\": \"images/s\", \"value\": {:.4}}}",
+        images as f64 / seconds
+    );
+}
+
+fn main() {
+    let device =
+        parse_device(&std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "auto".into())).expect("device");
+    let repeats: usize = std::env::var("BENCH_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let config = VitConfig::new().with_num_classes(37);
+    let model = config.init(&device);
+    for batch in [1usize, 8] {
+        let x = Tensor::<4>::random([batch, 3, 384, 384], Distribution::Normal(0.0, 1.0), &device);
+        let seconds = time(repeats, || {
+            let _ = model.forward(x.clone()).into_data();
+        });
+        report(&format!("vit_infer_b{batch}"), batch, seconds);
+    }
+    let train_device = device.clone().autodiff();
+    let mut model = config.init(&train_device);
+    let optim_config = OptimSection {
+        name: OptimizerKind::Sgd,
+        lr: 3e-4,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        grad_accum: 1,
+        clip_grad_norm: None,
+        label_smoothing: 0.0,
+    };
+    let mut optim = build_optimizer(&optim_config);
+    let x = Tensor::<4>::random([8, 3, 384, 384], Distribution::Normal(0.0, 1.0), &train_device);
+    let labels: Vec<i64> = (0..8).collect();
+    let seconds = time(repeats, || {
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [8]), &train_device);
+        let (loss, _) = cross_entropy(model.forward(x.clone()), y, 0.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(3e-4, model.clone(), grads);
+        let _ = model.head.bias.as_ref().map(|b| b.val().into_data());
+    });
+    report("vit_train_b8", 8, seconds);
+}

@@ -1,0 +1,120 @@
+//! `cargo xtask bench`: gaze's workloads beside PyTorch's on the same machine, as ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// gaze backend feature: flex, ndarray or tch.
+    #[arg(long, default_value = "flex", value_parser = ["flex", "ndarray", "tch"])]
+    backend: String,
+    /// Timed runs per workload (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Python with torch and timm for the reference rows (skipped if it has neither).
+    #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
+    python: PathBuf,
+    /// Also write {"machine", "rows": [{"workload", "unit", "gaze", "pytorch", "ratio"}]} here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn value(rows: &[Value], workload: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r["workload"] == workload)
+        .and_then(|r| r["value"].as_f64())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
+    let repeats = args.repeats.to_string();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root)
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "gaze-vit",
+            "--example",
+            "bench",
+            "--features",
+            &args.backend,
+        ])
+        .env(
+            "BENCH_DEVICE",
+            if args.backend == "tch" {
+                "tch"
+            } else {
+                &args.backend
+            },
+        )
+        .env("BENCH_REPEATS", &repeats);
+    println!("gaze ({}): {cmd:?}", args.backend);
+    let out = cmd.output().context("could not run cargo")?;
+    if !out.status.success() {
+        bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gaze = json_lines(&out.stdout);
+    let script = root.join("tools/bench_pytorch.py");
+    let pytorch = match Command::new(&args.python)
+        .arg(&script)
+        .env("BENCH_REPEATS", &repeats)
+        .output()
+    {
+        Ok(o) if o.status.success() => json_lines(&o.stdout),
+        _ => {
+            println!(
+                "(no PyTorch rows: {} cannot run {} with torch and timm)",
+                args.python.display(),
+                script.display()
+            );
+            Vec::new()
+        }
+    };
+    let mut rows = Vec::new();
+    println!("\n| workload | unit | gaze | PyTorch | gaze/PyTorch |\n|---|---|---|---|---|");
+    for row in &gaze {
+        let workload = row["workload"].as_str().unwrap_or_default();
+        let (g, p) = (row["value"].as_f64(), value(&pytorch, workload));
+        let ratio = g.zip(p).map(|(g, p)| g / p);
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        println!(
+            "| {workload} | images/s | {} | {} | {} |",
+            fmt(g),
+            fmt(p),
+            fmt(ratio)
+        );
+        rows.push(json!({"workload": workload, "unit": "images/s", "gaze": g, "pytorch": p, "ratio": ratio}));
+    }
+    if let Some(path) = &args.json {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let report = json!({
+            "machine": {"backend": args.backend, "threads": threads, "cpu": cpu_model(), "repeats": args.repeats},
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("{}: could not write", path.display()))?;
+    }
+    Ok(())
+}
