@@ -28,6 +28,7 @@ Outputs:
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from torchvision.transforms import functional as TF
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gen_vit_fixtures import fnv1a64  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "caption", "tests", "fixtures")
 VOCAB = 140
@@ -245,13 +249,6 @@ def vocab_lines():
     lines += words
     assert len(lines) == VOCAB, len(lines)
     return lines
-
-
-def fnv1a64(data):
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
 
 
 def greedy(model, x):
