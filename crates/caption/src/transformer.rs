@@ -119,6 +119,8 @@ pub struct LayerCache {
     pub self_v: Option<Tensor<3>>,
     pub cross_k: Tensor<3>,
     pub cross_v: Tensor<3>,
+    self_proj: Projections,
+    cross_proj: Projections,
 }
 
 /// Self-attention (causal), cross-attention to the image, FFN; pre-norm.
@@ -148,12 +150,14 @@ impl DecoderLayer {
 
     /// Keys `memory + pos` and values `memory` of the cross-attention, computed once.
     pub fn cache(&self, memory: Tensor<3>, pos: Tensor<3>) -> LayerCache {
-        let a = &self.multihead_attn;
+        let cross_proj = self.multihead_attn.projections();
         LayerCache {
             self_k: None,
             self_v: None,
-            cross_k: a.project(memory.clone() + pos, 1),
-            cross_v: a.project(memory, 2),
+            cross_k: cross_proj.project(memory.clone() + pos, 1),
+            cross_v: cross_proj.project(memory, 2),
+            self_proj: self.self_attn.projections(),
+            cross_proj,
         }
     }
 
@@ -162,9 +166,11 @@ impl DecoderLayer {
     pub fn step(&self, t: Tensor<3>, qpos: Tensor<3>, cache: &mut LayerCache) -> (Tensor<3>, Tensor<3>) {
         let h = self.norm1.forward(t.clone());
         let a = &self.self_attn;
-        let q = a.project(h.clone() + qpos.clone(), 0);
-        let k_new = a.project(h.clone() + qpos.clone(), 1);
-        let v_new = a.project(h, 2);
+        let p = &cache.self_proj;
+        let hq = h.clone() + qpos.clone();
+        let q = p.project(hq.clone(), 0);
+        let k_new = p.project(hq, 1);
+        let v_new = p.project(h, 2);
         let k = match cache.self_k.take() {
             Some(k) => Tensor::cat(vec![k, k_new], 1),
             None => k_new,
@@ -179,15 +185,44 @@ impl DecoderLayer {
         let t = t + attended;
         let h = self.norm2.forward(t.clone());
         let c = &self.multihead_attn;
-        let (attended, weights) = c.attend(
-            c.project(h + qpos, 0),
-            cache.cross_k.clone(),
-            cache.cross_v.clone(),
-            None,
-        );
+        let q = cache.cross_proj.project(h + qpos, 0);
+        let (attended, weights) = c.attend(q, cache.cross_k.clone(), cache.cross_v.clone(), None);
         let t = t + attended;
         let h = self.norm3.forward(t.clone());
         (t + self.linear2.forward(relu(self.linear1.forward(h))), weights)
+    }
+}
+
+/// The three input projections of one attention, sliced and transposed once for decoding.
+#[derive(Debug, Clone)]
+pub struct Projections {
+    /// `[1, d_in, d_out]` weights and `[1, 1, d_out]` biases for query, key and value.
+    weights: [Tensor<3>; 3],
+    biases: [Tensor<3>; 3],
+}
+
+impl Projections {
+    pub fn project(&self, x: Tensor<3>, part: usize) -> Tensor<3> {
+        x.matmul(self.weights[part].clone()) + self.biases[part].clone()
+    }
+}
+
+impl MultiheadAttention {
+    /// Slices of `in_proj_weight`/`in_proj_bias`, ready for [`Projections::project`].
+    pub fn projections(&self) -> Projections {
+        let [_, d] = self.in_proj_weight.dims();
+        let w = |p: usize| {
+            self.in_proj_weight
+                .val()
+                .narrow(0, p * d, d)
+                .transpose()
+                .unsqueeze::<3>()
+        };
+        let b = |p: usize| self.in_proj_bias.val().narrow(0, p * d, d).unsqueeze::<3>();
+        Projections {
+            weights: [w(0), w(1), w(2)],
+            biases: [b(0), b(1), b(2)],
+        }
     }
 }
 
