@@ -14,6 +14,8 @@ Outputs:
   catr_small.pth          torch.save({'model': state_dict}) (zip); captions run to 127 tokens
   catr_small_legacy.pth   the same in torch's legacy (pre-1.6) pickle format
   catr_small_ends.pth     the same with the [SEP] logit raised: captions end after 2 words
+  catr_small_basic.pth    a basic-block backbone (ResNet-18/34 layout, blocks [2, 1, 1, 1], not
+                          dilated): basic_tokens / basic_attn.wide_640x480
   vocab.txt
   images/*.png            several aspect ratios, 550x400 among them (long side 298)
   expected.json           per image stem S: size (w, h) after CATR's under_max resize,
@@ -76,30 +78,47 @@ class Bottleneck(nn.Module):
         return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
 
 
-class ResNet(nn.Module):
-    """torchvision's ResNet layout with replace_stride_with_dilation=[False, False, True]."""
-
-    def __init__(self, blocks, base):
+class BasicBlock(nn.Module):
+    def __init__(self, inplanes, width, stride, dilation, downsample):
         super().__init__()
+        assert dilation == 1, "torchvision's BasicBlock does not dilate"
+        self.conv1 = nn.Conv2d(inplanes, width, 3, stride, padding=1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, padding=1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet layout; with `dilate`, replace_stride_with_dilation=[False, False, True]."""
+
+    def __init__(self, blocks, base, basic=False, dilate=True):
+        super().__init__()
+        self.block, self.expansion = (BasicBlock, 1) if basic else (Bottleneck, 4)
         self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)
         self.bn1 = FrozenBatchNorm2d(base)
         self.inplanes, self.dilation = base, 1
         self.layer1 = self._layer(base, blocks[0], 1, False)
         self.layer2 = self._layer(base * 2, blocks[1], 2, False)
         self.layer3 = self._layer(base * 4, blocks[2], 2, False)
-        self.layer4 = self._layer(base * 8, blocks[3], 2, True)
+        self.layer4 = self._layer(base * 8, blocks[3], 2, dilate)
 
     def _layer(self, width, n, stride, dilate):
         previous = self.dilation
         if dilate:
             self.dilation *= stride
             stride = 1
-        down = None
-        if stride != 1 or self.inplanes != width * 4:
-            down = nn.Sequential(nn.Conv2d(self.inplanes, width * 4, 1, stride, bias=False), FrozenBatchNorm2d(width * 4))
-        layers = [Bottleneck(self.inplanes, width, stride, previous, down)]
-        self.inplanes = width * 4
-        layers += [Bottleneck(self.inplanes, width, 1, self.dilation, None) for _ in range(1, n)]
+        down, out = None, width * self.expansion
+        if stride != 1 or self.inplanes != out:
+            down = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride, bias=False), FrozenBatchNorm2d(out))
+        layers = [self.block(self.inplanes, width, stride, previous, down)]
+        self.inplanes = out
+        layers += [self.block(self.inplanes, width, 1, self.dilation, None) for _ in range(1, n)]
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -108,9 +127,9 @@ class ResNet(nn.Module):
 
 
 class Body(nn.Module):
-    def __init__(self, blocks, base):
+    def __init__(self, blocks, base, basic=False, dilate=True):
         super().__init__()
-        self.body = ResNet(blocks, base)
+        self.body = ResNet(blocks, base, basic, dilate)
 
 
 def sine_pos(h, w, d):
@@ -196,10 +215,11 @@ class MLP(nn.Module):
 
 
 class Caption(nn.Module):
-    def __init__(self, blocks=(1, 1, 2, 2), base=8, d=32, heads=4, ffn=64, enc=2, dec=2, vocab=VOCAB, positions=128):
+    def __init__(self, blocks=(1, 1, 2, 2), base=8, d=32, heads=4, ffn=64, enc=2, dec=2, vocab=VOCAB, positions=128,
+                 basic=False, dilate=True):
         super().__init__()
-        self.backbone = nn.ModuleList([Body(blocks, base)])
-        self.input_proj = nn.Conv2d(base * 32, d, 1)
+        self.backbone = nn.ModuleList([Body(blocks, base, basic, dilate)])
+        self.input_proj = nn.Conv2d(base * 8 * (1 if basic else 4), d, 1)
         self.transformer = Transformer(d, heads, ffn, enc, dec, vocab, positions)
         self.mlp = MLP(d, 2 * d, vocab)
 
@@ -282,7 +302,7 @@ def main():
                 t.copy_(0.5 + torch.rand_like(t))
             elif name.endswith("running_mean") or name.endswith("bias"):
                 t.copy_(torch.randn_like(t) * 0.2)
-            elif "norm" in name.lower() and name.endswith("weight") or name.endswith("bn1.weight") or ".bn" in name:
+            elif ("norm" in name.lower() and name.endswith("weight")) or name.endswith("bn1.weight") or ".bn" in name:
                 t.copy_(1 + torch.randn_like(t) * 0.2)
             elif name.endswith("in_proj_weight"):
                 t.mul_(3.0)  # sharper attention
@@ -298,6 +318,19 @@ def main():
     torch.save({"model": {k: v.contiguous() for k, v in ends.state_dict().items()}}, os.path.join(OUT, "catr_small_ends.pth"))
     with open(os.path.join(OUT, "vocab.txt"), "w") as f:
         f.write("\n".join(vocab_lines()) + "\n")
+
+    # A basic-block (ResNet-18/34 layout, not dilated: output stride 32) variant.
+    basic = Caption(blocks=(2, 1, 1, 1), basic=True, dilate=False).eval()
+    with torch.no_grad():
+        for name, t in basic.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand_like(t))
+            elif name.endswith("running_mean") or name.endswith("bias"):
+                t.copy_(torch.randn_like(t) * 0.2)
+            elif name.endswith("in_proj_weight"):
+                t.mul_(3.0)
+    torch.save({"model": {k: v.contiguous() for k, v in basic.state_dict().items()}},
+               os.path.join(OUT, "catr_small_basic.pth"))
 
     sizes = {"wide_640x480": (640, 480), "tall_480x640": (480, 640), "square_300x300": (300, 300),
              "odd_550x400": (550, 400), "small_120x90": (120, 90)}
@@ -316,6 +349,11 @@ def main():
             if not prefix:
                 tensors[f"logits0.{stem}"] = logits0
             print(stem, prefix, resized.size, len(tokens), "tokens", "(ended)" if len(rows) > len(tokens) else "")
+        if stem == "wide_640x480":
+            tokens, rows, _ = greedy(basic, x)
+            meta[stem]["basic_tokens"] = tokens
+            tensors[f"basic_attn.{stem}"] = rows
+            print(stem, "basic", len(tokens), "tokens", rows.shape)
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(OUT, "expected.safetensors"))

@@ -1,5 +1,5 @@
-//! torchvision's ResNet (Bottleneck, stride on the 3x3 convolution) with frozen batch norm,
-//! field names as in the checkpoint (`conv1`, `bn1`, `layer1.0.conv2`, ...).
+//! torchvision's ResNet (Bottleneck with the stride on the 3x3 convolution, or BasicBlock)
+//! with frozen batch norm, field names as in the checkpoint (`conv1`, `bn1`, `layer1.0.conv2`).
 
 use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;
@@ -50,15 +50,18 @@ fn conv(c_in: usize, c_out: usize, kernel: usize, stride: usize, dilation: usize
         .init(device)
 }
 
-/// 1x1 → 3x3 (stride, dilation) → 1x1 (4x width), each with frozen BN, plus the shortcut.
+/// A residual block. Bottleneck: 1x1 → 3x3 (stride, dilation) → 1x1 (4x width). Basic:
+/// 3x3 (stride) → 3x3, no `conv3`. Each convolution is followed by frozen BN; the shortcut
+/// projects when the shape changes.
 #[derive(Module, Debug)]
 pub struct Bottleneck {
     pub conv1: Conv2d,
     pub bn1: FrozenBatchNorm2d,
     pub conv2: Conv2d,
     pub bn2: FrozenBatchNorm2d,
-    pub conv3: Conv2d,
-    pub bn3: FrozenBatchNorm2d,
+    /// Only in bottleneck blocks.
+    pub conv3: Option<Conv2d>,
+    pub bn3: Option<FrozenBatchNorm2d>,
     /// Checkpoint `downsample.0`: the projecting shortcut of a stage's first block.
     pub downsample_conv: Option<Conv2d>,
     /// Checkpoint `downsample.1`.
@@ -66,24 +69,46 @@ pub struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn new(c_in: usize, width: usize, stride: usize, dilation: usize, device: &Device) -> Self {
-        let project = stride != 1 || c_in != width * 4;
+    fn new(
+        c_in: usize,
+        width: usize,
+        stride: usize,
+        dilation: usize,
+        bottleneck: bool,
+        device: &Device,
+    ) -> Self {
+        let out = if bottleneck { width * 4 } else { width };
+        let project = stride != 1 || c_in != out;
+        let (conv1, conv2) = if bottleneck {
+            (
+                conv(c_in, width, 1, 1, 1, device),
+                conv(width, width, 3, stride, dilation, device),
+            )
+        } else {
+            (
+                conv(c_in, width, 3, stride, dilation, device),
+                conv(width, width, 3, 1, dilation, device),
+            )
+        };
         Self {
-            conv1: conv(c_in, width, 1, 1, 1, device),
+            conv1,
             bn1: FrozenBatchNorm2d::new(width, device),
-            conv2: conv(width, width, 3, stride, dilation, device),
+            conv2,
             bn2: FrozenBatchNorm2d::new(width, device),
-            conv3: conv(width, width * 4, 1, 1, 1, device),
-            bn3: FrozenBatchNorm2d::new(width * 4, device),
-            downsample_conv: project.then(|| conv(c_in, width * 4, 1, stride, 1, device)),
-            downsample_bn: project.then(|| FrozenBatchNorm2d::new(width * 4, device)),
+            conv3: bottleneck.then(|| conv(width, out, 1, 1, 1, device)),
+            bn3: bottleneck.then(|| FrozenBatchNorm2d::new(out, device)),
+            downsample_conv: project.then(|| conv(c_in, out, 1, stride, 1, device)),
+            downsample_bn: project.then(|| FrozenBatchNorm2d::new(out, device)),
         }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = relu(self.bn2.forward(self.conv2.forward(out)));
-        let out = self.bn3.forward(self.conv3.forward(out));
+        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = match (&self.conv3, &self.bn3) {
+            (Some(c), Some(b)) => b.forward(c.forward(relu(out))),
+            _ => out,
+        };
         let shortcut = match (&self.downsample_conv, &self.downsample_bn) {
             (Some(c), Some(b)) => b.forward(c.forward(x)),
             _ => x,
@@ -119,9 +144,10 @@ impl ResNet {
             } else {
                 stride
             };
-            let mut layer = vec![Bottleneck::new(c_in, width, stride, previous, device)];
-            c_in = width * 4;
-            layer.extend((1..blocks).map(|_| Bottleneck::new(c_in, width, 1, dilation, device)));
+            let bottleneck = config.bottleneck;
+            let mut layer = vec![Bottleneck::new(c_in, width, stride, previous, bottleneck, device)];
+            c_in = width * config.expansion();
+            layer.extend((1..blocks).map(|_| Bottleneck::new(c_in, width, 1, dilation, bottleneck, device)));
             layer
         };
         let b = config.resnet_blocks;
@@ -147,7 +173,8 @@ impl ResNet {
         }
     }
 
-    /// `[batch, 3, h, w]` to `[batch, 32 * width, ceil(h / 16), ceil(w / 16)]` (dilated).
+    /// `[batch, 3, h, w]` to `[batch, 8 * expansion * width, ceil(h / 16), ceil(w / 16)]`
+    /// (dilated; `/ 32` otherwise).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self
             .maxpool

@@ -165,3 +165,35 @@ fn wrong_checkpoints_are_clear_errors() {
         "{msg}"
     );
 }
+
+#[test]
+fn basic_block_backbone_matches_pytorch() {
+    // ResNet-18/34 layout (BasicBlock, output stride 32 since torchvision cannot dilate it).
+    let device = Device::flex();
+    let config = small()
+        .with_resnet_blocks([2, 1, 1, 1])
+        .with_bottleneck(false)
+        .with_dilation(false);
+    let model = load_catr(&fixtures().join("catr_small_basic.pth"), &config, &device).unwrap();
+    let out = model.caption(input("wide_640x480", &device), 127);
+    assert_eq!(out.grid, (7, 10));
+    let tokens: Vec<usize> = expected_json()["wide_640x480"]["basic_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(out.tokens, tokens);
+    let (_, attn) = expected_f32("basic_attn.wide_640x480");
+    let diff = max_abs_diff(&out.attention.concat(), &attn);
+    assert!(diff < 1e-5, "attention differs by {diff}");
+    assert_eq!(
+        CatrConfig::v3()
+            .with_resnet_depth(18)
+            .unwrap()
+            .backbone_channels(),
+        512
+    );
+    assert!(!CatrConfig::v3().with_resnet_depth(34).unwrap().dilation);
+    assert_eq!(CatrConfig::v3().with_resnet_depth(101), Some(CatrConfig::v3()));
+}

@@ -31,7 +31,8 @@ pub struct CaptionArgs {
     /// Also write <stem>.json: caption, token_ids, feat_grid, attention, words.
     #[arg(long)]
     json: bool,
-    /// Architecture as JSON (fields of CatrConfig) [default: the published v3 model].
+    /// Architecture as JSON: fields of CatrConfig, the rest from the published v3 model
+    /// [default: v3].
     #[arg(long, value_name = "FILE")]
     arch: Option<PathBuf>,
     /// Longest caption in word pieces.
@@ -69,7 +70,14 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("{}: could not read", path.display()))?;
-            serde_json::from_str::<CatrConfig>(&text)
+            let given: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+            // Fields left out keep the published model's values.
+            let mut merged = serde_json::to_value(CatrConfig::v3())?;
+            for (key, value) in given.as_object().into_iter().flatten() {
+                merged[key] = value.clone();
+            }
+            serde_json::from_value::<CatrConfig>(merged)
                 .with_context(|| format!("{}: not a CATR config", path.display()))?
         }
         None => CatrConfig::v3(),
