@@ -20,10 +20,8 @@ fn floats(value: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-fn reduced_model_numbers_equal_timms() {
-    let dir = scratch("fig-reduced");
-    let weights = reduced_gaze_weights(&dir);
+/// Runs `gaze posembed --npy` and returns the matrix's shape and values.
+fn posembed(weights: &Path, dir: &Path) -> (Vec<usize>, Vec<f32>) {
     let (png, npy) = (dir.join("posembed.png"), dir.join("sims.npy"));
     let out = gaze(&[
         "posembed",
@@ -35,11 +33,18 @@ fn reduced_model_numbers_equal_timms() {
         npy.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (shape, sims) = gaze_data::read_npy_f32(&npy).unwrap();
+    assert!(gaze_data::image::open(&png).is_ok());
+    gaze_data::read_npy_f32(&npy).unwrap()
+}
+
+#[test]
+fn reduced_model_numbers_equal_timms() {
+    let dir = scratch("fig-reduced");
+    let weights = reduced_gaze_weights(&dir);
+    let (shape, sims) = posembed(&weights, &dir);
     assert_eq!(shape, [16, 16]);
     let diff = max_abs_diff(&sims, &expected_f32("posembed_sim"));
     assert!(diff < 1e-6, "similarity differs from timm by {diff}");
-    assert!(gaze_data::image::open(&png).is_ok());
 
     let images: Vec<String> = ["rgb_640x427", "gray_300x200", "rgba_97x61"]
         .iter()
@@ -78,18 +83,7 @@ fn full_size_numbers_match_timm_and_figures_keep_the_aspect_ratio() {
     let dir = scratch("fig-full");
     let weights = dir.join("vit_small_formula.safetensors");
     write_formula_vit_small(&weights);
-    let (png, npy) = (dir.join("posembed.png"), dir.join("sims.npy"));
-    let out = gaze(&[
-        "posembed",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--out",
-        png.to_str().unwrap(),
-        "--npy",
-        npy.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (shape, sims) = gaze_data::read_npy_f32(&npy).unwrap();
+    let (shape, sims) = posembed(&weights, &dir);
     assert_eq!(shape, [576, 576]);
     let want = expected_f32("full/posembed_sim_rows");
     for (i, row) in [0usize, 100, 575].into_iter().enumerate() {

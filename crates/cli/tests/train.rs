@@ -26,6 +26,25 @@ epochs = 2
 warmup_steps = 2
 "#;
 
+/// `gaze train --config CONFIG --data DATA --out OUT EXTRA...`.
+fn train(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    gaze(&args)
+}
+
 #[test]
 fn synth_train_compare_and_bad_images() {
     let dir = scratch("train");
@@ -116,31 +135,13 @@ fn synth_train_compare_and_bad_images() {
     // A corrupt image stops the run at the start-up scan, naming it; --skip-bad counts it.
     std::fs::write(data.join("train/1_99999.jpg"), b"not a jpeg").unwrap();
     let bad_run = dir.join("runs/bad");
-    let out = gaze(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        bad_run.to_str().unwrap(),
-    ]);
+    let out = train(&config, &data, &bad_run, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("1_99999.jpg") && stderr.contains("--skip-bad"),
         "{stderr}"
     );
-    let out = gaze(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        bad_run.to_str().unwrap(),
-        "--skip-bad",
-        "schedule.epochs=1",
-    ]);
+    let out = train(&config, &data, &bad_run, &["--skip-bad", "schedule.epochs=1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bad_run.join("summary.json")).unwrap()).unwrap();
