@@ -31,6 +31,9 @@ pub struct ReproduceArgs {
     /// Backend feature gaze is built with: cpu (flex), tch or cuda.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "tch", "cuda"])]
     backend: String,
+    /// Device for every gaze step (e.g. tch-cuda to run the tch build on a GPU).
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Output folder.
     #[arg(long, default_value = "runs/reproduce", value_name = "DIR")]
     out: PathBuf,
@@ -59,9 +62,13 @@ pub fn up_to_date(outputs: &[PathBuf], inputs: &[PathBuf]) -> bool {
 
 struct Runner {
     gaze: PathBuf,
+    device: String,
     done: usize,
     skipped: usize,
 }
+
+/// gaze commands that take `--device`.
+const ON_DEVICE: [&str; 5] = ["train", "eval", "predict", "attention", "caption"];
 
 impl Runner {
     fn step(&mut self, name: &str, inputs: &[PathBuf], outputs: &[PathBuf], args: &[String]) -> Result<()> {
@@ -70,10 +77,14 @@ impl Runner {
             self.skipped += 1;
             return Ok(());
         }
+        let mut args = args.to_vec();
+        if args.first().is_some_and(|c| ON_DEVICE.contains(&c.as_str())) {
+            args.extend(["--device".into(), self.device.clone()]);
+        }
         println!("[run ] {name}: gaze {}", args.join(" "));
         let started = Instant::now();
         let status = Command::new(&self.gaze)
-            .args(args)
+            .args(&args)
             .status()
             .with_context(|| format!("could not start {}", self.gaze.display()))?;
         if !status.success() {
@@ -221,6 +232,7 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     let gaze = build_gaze(root, &args.backend, args.release)?;
     let mut r = Runner {
         gaze: gaze.clone(),
+        device: args.device.clone(),
         done: 0,
         skipped: 0,
     };
