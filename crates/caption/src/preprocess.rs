@@ -5,9 +5,13 @@ use gaze_data::image::RgbImage;
 use gaze_data::resize::resize_rgb_bicubic;
 
 /// `under_max`: `(size * (299 / max(size))).astype(int)` in float64, so some sizes get 298.
+/// A side that would truncate to 0 (a 1000x1 strip) is kept at 1 pixel.
 pub fn catr_size(w: u32, h: u32) -> (u32, u32) {
-    let scale = 299.0 / w.max(h) as f64;
-    ((w as f64 * scale) as u32, (h as f64 * scale) as u32)
+    let scale = 299.0 / w.max(h).max(1) as f64;
+    (
+        ((w as f64 * scale) as u32).max(1),
+        ((h as f64 * scale) as u32).max(1),
+    )
 }
 
 /// The resized picture and the normalised `[3, h, w]` input.
@@ -34,5 +38,6 @@ mod tests {
         assert_eq!(catr_size(300, 300), (299, 299));
         assert_eq!(catr_size(550, 400), (298, 217));
         assert_eq!(catr_size(120, 90), (299, 224));
+        assert_eq!(catr_size(1000, 1), (299, 1));
     }
 }
