@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fetch;
 mod reproduce;
 
 #[derive(Parser)]
@@ -25,6 +26,9 @@ enum Command {
     /// ViT-S/16-384 inference and training throughput, beside PyTorch's when a Python with
     /// torch and timm is available; prints gaze/PyTorch ratios (above 1: gaze is faster).
     Bench(bench::BenchArgs),
+    /// Download the published ViT-S/16-384 weights, the CATR v3 checkpoint and the BERT
+    /// uncased vocabulary (needs internet), resuming partial downloads.
+    Fetch(fetch::FetchArgs),
     /// Run the test suite exactly as CI does (`cargo test --workspace`).
     Test,
     /// Regenerate the parity fixtures from timm (needs a Python with torch 2.9.0, timm 1.0.20
@@ -59,6 +63,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Reproduce(args) => reproduce::reproduce(&root(), args),
         Command::Bench(args) => bench::bench(&root(), args),
+        Command::Fetch(args) => fetch::fetch(&root(), args),
         Command::Test => {
             let mut cmd = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.args(["test", "--workspace"]);
