@@ -37,6 +37,27 @@ fn posembed(weights: &Path, dir: &Path) -> (Vec<usize>, Vec<f32>) {
     gaze_data::read_npy_f32(&npy).unwrap()
 }
 
+/// Runs `gaze attention --json` on fixture images `stems` and returns the output folder.
+fn attention(weights: &Path, dir: &Path, stems: &[&str]) -> std::path::PathBuf {
+    let figs = dir.join("attention");
+    let images: Vec<String> = stems
+        .iter()
+        .map(|s| fixtures().join(format!("images/{s}.png")).display().to_string())
+        .collect();
+    let mut args = vec![
+        "attention",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        figs.to_str().unwrap(),
+    ];
+    args.extend(["--json", "--images"]);
+    args.extend(images.iter().map(String::as_str));
+    let out = gaze(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    figs
+}
+
 #[test]
 fn reduced_model_numbers_equal_timms() {
     let dir = scratch("fig-reduced");
@@ -46,23 +67,7 @@ fn reduced_model_numbers_equal_timms() {
     let diff = max_abs_diff(&sims, &expected_f32("posembed_sim"));
     assert!(diff < 1e-6, "similarity differs from timm by {diff}");
 
-    let images: Vec<String> = ["rgb_640x427", "gray_300x200", "rgba_97x61"]
-        .iter()
-        .map(|s| fixtures().join(format!("images/{s}.png")).display().to_string())
-        .collect();
-    let figs = dir.join("attention");
-    let mut args = vec![
-        "attention",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--out",
-        figs.to_str().unwrap(),
-        "--json",
-        "--images",
-    ];
-    args.extend(images.iter().map(String::as_str));
-    let out = gaze(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figs = attention(&weights, &dir, &["rgb_640x427", "gray_300x200", "rgba_97x61"]);
     for stem in ["rgb_640x427", "gray_300x200", "rgba_97x61"] {
         let json = attention_json(&figs.join(format!("{stem}.json")));
         assert_eq!(json["grid"], serde_json::json!([4, 4]));
@@ -91,23 +96,7 @@ fn full_size_numbers_match_timm_and_figures_keep_the_aspect_ratio() {
         assert!(diff < 1e-5, "row {row}: similarity differs from timm by {diff}");
     }
 
-    let figs = dir.join("attention");
-    let images: Vec<String> = FULL_SIZE
-        .iter()
-        .map(|s| fixtures().join(format!("images/{s}.png")).display().to_string())
-        .collect();
-    let mut args = vec![
-        "attention",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--out",
-        figs.to_str().unwrap(),
-        "--json",
-        "--images",
-    ];
-    args.extend(images.iter().map(String::as_str));
-    let out = gaze(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figs = attention(&weights, &dir, &FULL_SIZE);
     for stem in FULL_SIZE {
         let json = attention_json(&figs.join(format!("{stem}.json")));
         assert_eq!(json["grid"], serde_json::json!([24, 24]));

@@ -68,16 +68,7 @@ fn synth_train_compare_and_bad_images() {
     let runs = [dir.join("runs/lr3e-3"), dir.join("runs/lr1e-2")];
     for (run, lr) in runs.iter().zip(["3e-3", "1e-2"]) {
         let lr = format!("optim.lr={lr}");
-        let out = gaze(&[
-            "train",
-            "--config",
-            config.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            &lr,
-        ]);
+        let out = train(&config, &data, run, &[&lr]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("epoch 2 step 6"), "{stdout}");
@@ -92,15 +83,7 @@ fn synth_train_compare_and_bad_images() {
         }
     }
     // Training again into a used folder without --resume is refused.
-    let out = gaze(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        runs[0].to_str().unwrap(),
-    ]);
+    let out = train(&config, &data, &runs[0], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 
