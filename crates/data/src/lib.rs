@@ -5,7 +5,8 @@
 //!   same antialiased filter in floating point for resampling feature grids.
 //! * [`transform`] is timm's evaluation transform (resize shorter side, center crop, normalise);
 //!   [`augment`] its training counterpart.
-//! * [`synth`] writes a synthetic classification set in the same layout.
+//! * [`synth`] writes a synthetic classification set in the same layout; [`scenes`] a
+//!   synthetic captioning set.
 //! * [`dataset`] lists images and parses the course's `{label}_{id}.jpg` file names.
 //! * [`io`] writes output files atomically.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod io;
 pub mod resize;
 pub mod rng;
+pub mod scenes;
 pub mod synth;
 pub mod transform;
 

@@ -70,17 +70,15 @@ fn inside(shape: usize, u: f64, v: f64) -> bool {
     }
 }
 
-/// One image of class `label` and its object box.
-pub fn render(label: usize, size: u32, rng: &mut Rng) -> (RgbImage, [u32; 4]) {
-    let (colour, shape) = class_parts(label);
-    let colour = COLOURS[colour].1;
+/// A `width x height` background: a random grey-ish tone with soft stripes and pixel noise.
+pub fn background(width: u32, height: u32, rng: &mut Rng) -> RgbImage {
     let base = [
         rng.int(70, 180) as f64,
         rng.int(70, 180) as f64,
         rng.int(70, 180) as f64,
     ];
     let (fx, fy, phase) = (rng.range(0.05, 0.4), rng.range(0.05, 0.4), rng.range(0.0, 6.3));
-    let mut image = RgbImage::from_fn(size, size, |x, y| {
+    let mut image = RgbImage::from_fn(width, height, |x, y| {
         let stripe = ((x as f64 * fx + y as f64 * fy + phase).sin() * 25.0) as f64;
         Rgb(base.map(|b| (b + stripe).clamp(0.0, 255.0) as u8))
     });
@@ -89,13 +87,15 @@ pub fn render(label: usize, size: u32, rng: &mut Rng) -> (RgbImage, [u32; 4]) {
             *c = (*c as i64 + rng.int(-12, 12)).clamp(0, 255) as u8;
         }
     }
-    let side = (size as f64 * rng.range(0.3, 0.6)).round() as u32;
-    let x0 = rng.int(0, (size - side) as i64) as u32;
-    let y0 = rng.int(0, (size - side) as i64) as u32;
+    image
+}
+
+/// Paints shape `shape` (an index into [`SHAPES`]) in `colour` filling the square `[x0, y0]`
+/// of side `side`, with 2x2 supersampled edges.
+pub fn paint_shape(image: &mut RgbImage, shape: usize, colour: [u8; 3], x0: u32, y0: u32, side: u32) {
     let half = side as f64 / 2.0;
     for y in y0..y0 + side {
         for x in x0..x0 + side {
-            // 2x2 supersampling for smooth edges.
             let mut cover = 0.0;
             for (dx, dy) in [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)] {
                 let u = (x as f64 + dx - x0 as f64 - half) / half;
@@ -110,6 +110,16 @@ pub fn render(label: usize, size: u32, rng: &mut Rng) -> (RgbImage, [u32; 4]) {
             }
         }
     }
+}
+
+/// One image of class `label` and its object box.
+pub fn render(label: usize, size: u32, rng: &mut Rng) -> (RgbImage, [u32; 4]) {
+    let (colour, shape) = class_parts(label);
+    let mut image = background(size, size, rng);
+    let side = (size as f64 * rng.range(0.3, 0.6)).round() as u32;
+    let x0 = rng.int(0, (size - side) as i64) as u32;
+    let y0 = rng.int(0, (size - side) as i64) as u32;
+    paint_shape(&mut image, shape, COLOURS[colour].1, x0, y0, side);
     (image, [x0, y0, x0 + side, y0 + side])
 }
 
