@@ -57,6 +57,8 @@ pub struct Checkpoint {
     pub shapes: BTreeMap<String, Vec<usize>>,
     /// The config stored by [`save_vit`], if this file was written by gaze.
     pub config: Option<VitConfig>,
+    /// A safetensors file's `__metadata__` (empty for PyTorch files).
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What to do with the classifier.
@@ -113,6 +115,7 @@ impl Checkpoint {
             format: Format::Pytorch { top_level_key },
             shapes,
             config: None,
+            metadata: BTreeMap::new(),
         })
     }
 
@@ -138,7 +141,7 @@ impl Checkpoint {
         }
         let mut json: HashMap<String, serde_json::Value> =
             serde_json::from_slice(&header).map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
-        let metadata: HashMap<String, String> = json
+        let metadata: BTreeMap<String, String> = json
             .remove("__metadata__")
             .map(serde_json::from_value)
             .transpose()
@@ -159,6 +162,7 @@ impl Checkpoint {
             format: Format::Safetensors,
             shapes,
             config,
+            metadata,
         })
     }
 
@@ -325,11 +329,26 @@ pub fn save_vit(model: &VisionTransformer, config: &VitConfig, path: &Path) -> R
         message,
     };
     let config_json = serde_json::to_string(config).map_err(|e| write_err(e.to_string()))?;
-    let mut store = SafetensorsStore::from_file(path)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .metadata(CONFIG_METADATA_KEY, config_json)
-        .overwrite(true);
-    model.save_into(&mut store).map_err(|e| write_err(e.to_string()))
+    write_then_rename(path, |tmp| {
+        let mut store = SafetensorsStore::from_file(tmp)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .metadata(CONFIG_METADATA_KEY, config_json)
+            .overwrite(true);
+        model.save_into(&mut store).map_err(|e| e.to_string())
+    })
+    .map_err(write_err)
+}
+
+/// Runs `write` on a temporary sibling of `path`, then renames it into place, so that a
+/// reader never sees a half-written `path` (burn's stores write in place).
+pub fn write_then_rename(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
+    let name = path.file_name().ok_or("not a file path")?.to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Loads `path` for inference: the architecture is the preset `model` if given, else the

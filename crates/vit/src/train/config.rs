@@ -198,6 +198,15 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Parses TOML `text` and applies `section.key=value` overrides (see [`apply_override`]).
+pub fn parse_with_overrides(text: &str, overrides: &[String]) -> Result<toml::Table, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    for o in overrides {
+        apply_override(&mut doc, o)?;
+    }
+    Ok(doc)
+}
+
 /// Applies `section.key=value` overrides to a parsed TOML document. Values are read as TOML
 /// (`optim.lr=1e-3`, `augment.random_resized_crop=false`), or as strings if that fails.
 fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<(), String> {
@@ -235,10 +244,7 @@ impl TrainConfig {
 
     /// Parses TOML text with overrides.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self, String> {
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        for o in overrides {
-            apply_override(&mut doc, o)?;
-        }
+        let doc = parse_with_overrides(text, overrides)?;
         let config: TrainConfig = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;

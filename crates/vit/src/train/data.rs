@@ -83,7 +83,7 @@ pub(super) fn worker_pool(workers: usize) -> rayon::ThreadPool {
 }
 
 /// Image order of `epoch`: a permutation that depends only on the seed and the epoch.
-pub(super) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     Rng::derive(seed, &[0x5EED, epoch as u64]).shuffle(&mut order);
     order

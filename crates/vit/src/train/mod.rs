@@ -27,7 +27,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use config::*;
-pub use data::{ScanReport, scan_images};
+pub use data::{ScanReport, epoch_order, scan_images};
 
 use crate::{HeadInit, VisionTransformer, VitConfig, load_vit, save_vit};
 
@@ -44,7 +44,8 @@ pub enum TrainError {
     Io { path: PathBuf, message: String },
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+/// An I/O failure on `path`.
+pub fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -212,12 +213,14 @@ pub struct RunOptions {
     pub max_steps: Option<usize>,
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+/// Writes `value` as pretty JSON, atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_err(path, e))?;
     gaze_data::write_atomic(path, &bytes).map_err(|e| io_err(path, e))
 }
 
-fn write_metrics(out: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
+/// Writes `out/metrics.csv`, one row per epoch.
+pub fn write_metrics(out: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     let mut csv = String::from("epoch,step,lr,train_loss,train_acc,val_loss,val_acc,images_per_s,seconds\n");
     for r in rows {
@@ -238,12 +241,14 @@ fn write_metrics(out: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
     gaze_data::write_atomic(&path, csv.as_bytes()).map_err(|e| io_err(&path, e))
 }
 
-/// Writes `out/last/` atomically: a complete new folder is swapped in by renames.
-fn save_checkpoint(
+/// Writes the resumable checkpoint `out/last/` (model and optimizer as burnpack files, which
+/// keep parameter identities, and `state`) atomically: a complete new folder is swapped in by
+/// renames.
+pub fn save_checkpoint<M: Module>(
     out: &Path,
-    model: &VisionTransformer,
+    model: &M,
     optim: &ModuleOptimizer,
-    state: &RunState,
+    state: &impl Serialize,
 ) -> Result<(), TrainError> {
     let tmp = out.join("last.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -265,11 +270,13 @@ fn save_checkpoint(
     Ok(())
 }
 
-fn load_checkpoint(
+/// Reads what [`save_checkpoint`] wrote into `model` and `optim`, or `None` if `out` has no
+/// checkpoint.
+pub fn load_checkpoint<M: Module, S: serde::de::DeserializeOwned>(
     out: &Path,
-    mut model: VisionTransformer,
+    mut model: M,
     optim: ModuleOptimizer,
-) -> Result<Option<(VisionTransformer, ModuleOptimizer, RunState)>, TrainError> {
+) -> Result<Option<(M, ModuleOptimizer, S)>, TrainError> {
     // A kill between the two renames of save_checkpoint leaves only last.old.
     let dir = [out.join("last"), out.join("last.old")]
         .into_iter()
@@ -277,7 +284,7 @@ fn load_checkpoint(
     let Some(dir) = dir else { return Ok(None) };
     let state_path = dir.join("state.json");
     let text = std::fs::read(&state_path).map_err(|e| io_err(&state_path, e))?;
-    let state: RunState = serde_json::from_slice(&text).map_err(|e| io_err(&state_path, e))?;
+    let state: S = serde_json::from_slice(&text).map_err(|e| io_err(&state_path, e))?;
     let model_path = dir.join("model.bpk");
     let result = model
         .load_from(&mut BurnpackStore::from_file(&model_path))
@@ -369,7 +376,7 @@ pub fn train(
         ..RunState::default()
     };
     if options.resume {
-        if let Some((m, o, s)) = load_checkpoint(out, model.clone(), optim)? {
+        if let Some((m, o, s)) = load_checkpoint::<_, RunState>(out, model.clone(), optim)? {
             observer.message(&format!("resuming at epoch {}, batch {}", s.epoch + 1, s.batch));
             (model, optim, state) = (m, o, s);
         } else {
