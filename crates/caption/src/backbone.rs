@@ -17,6 +17,9 @@ pub struct FrozenBatchNorm2d {
     pub bias: Param<Tensor<1>>,
     pub running_mean: Param<Tensor<1>>,
     pub running_var: Param<Tensor<1>>,
+    /// Normalise by the batch's own statistics (training from scratch) instead of the
+    /// running ones.
+    batch_statistics: bool,
 }
 
 impl FrozenBatchNorm2d {
@@ -28,12 +31,50 @@ impl FrozenBatchNorm2d {
             bias: zeros(),
             running_mean: zeros(),
             running_var: ones(),
+            batch_statistics: false,
+        }
+    }
+
+    /// The same with the statistics of `x` `[batch, channels, h, w]` (what ImageNet training
+    /// leaves in a pretrained model's frozen batch norms), and `x` normalised by them.
+    fn calibrated(self, x: Tensor<4>) -> (Self, Tensor<4>) {
+        let [b, c, h, w] = x.dims();
+        let flat = x.clone().detach().swap_dims(0, 1).reshape([c, b * h * w]);
+        let mean = flat.clone().mean_dim(1).reshape([c]);
+        let var = flat.var(1).reshape([c]);
+        let fixed = |t: Tensor<1>| Param::from_tensor(t).set_require_grad(false);
+        let bn = Self {
+            running_mean: fixed(mean),
+            running_var: fixed(var),
+            batch_statistics: false,
+            ..self
+        };
+        let y = bn.forward(x);
+        (bn, y)
+    }
+
+    /// Batch norm in training mode: trainable `weight` and `bias`, batch statistics.
+    fn for_training(self) -> Self {
+        Self {
+            weight: self.weight.set_require_grad(true),
+            bias: self.bias.set_require_grad(true),
+            batch_statistics: true,
+            ..self
         }
     }
 
     /// `x * k + (bias - mean * k)` with `k = weight / sqrt(var + 1e-5)`, per channel.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [c] = self.weight.dims();
+        if self.batch_statistics {
+            // As `nn.BatchNorm2d` in training: the biased variance of the batch.
+            let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3); // [1, c, 1, 1]
+            let centred = x - mean;
+            let var = centred.clone().square().mean_dim(0).mean_dim(2).mean_dim(3);
+            let normalised = centred * var.add_scalar(1e-5).sqrt().recip();
+            return normalised * self.weight.val().reshape([1, c, 1, 1])
+                + self.bias.val().reshape([1, c, 1, 1]);
+        }
         let scale = self.weight.val() * self.running_var.val().add_scalar(1e-5).sqrt().recip();
         let shift = self.bias.val() - self.running_mean.val() * scale.clone();
         x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
@@ -100,6 +141,45 @@ impl Bottleneck {
             downsample_conv: project.then(|| conv(c_in, out, 1, stride, 1, device)),
             downsample_bn: project.then(|| FrozenBatchNorm2d::new(out, device)),
         }
+    }
+
+    fn for_training(self) -> Self {
+        Self {
+            bn1: self.bn1.for_training(),
+            bn2: self.bn2.for_training(),
+            bn3: self.bn3.map(FrozenBatchNorm2d::for_training),
+            downsample_bn: self.downsample_bn.map(FrozenBatchNorm2d::for_training),
+            ..self
+        }
+    }
+
+    /// [`ResNet::calibrated`] for one block: its output on `x` as well.
+    fn calibrated(self, x: Tensor<4>) -> (Self, Tensor<4>) {
+        let (bn1, out) = self.bn1.calibrated(self.conv1.forward(x.clone()));
+        let (bn2, mut out) = self.bn2.calibrated(self.conv2.forward(relu(out)));
+        let bn3 = match (&self.conv3, self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let (bn3, y) = bn3.calibrated(conv3.forward(relu(out)));
+                out = y;
+                Some(bn3)
+            }
+            (_, bn3) => bn3,
+        };
+        let (downsample_bn, shortcut) = match (&self.downsample_conv, self.downsample_bn) {
+            (Some(conv), Some(bn)) => {
+                let (bn, y) = bn.calibrated(conv.forward(x));
+                (Some(bn), y)
+            }
+            (_, bn) => (bn, x),
+        };
+        let block = Self {
+            bn1,
+            bn2,
+            bn3,
+            downsample_bn,
+            ..self
+        };
+        (block, relu(out + shortcut))
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -173,6 +253,54 @@ impl ResNet {
         }
     }
 
+    /// For inference after training from scratch: every batch norm is frozen with the
+    /// statistics of its input on `images`, layer by layer, each computed after the ones
+    /// before it are set (re-estimating them, as `torch.optim.swa_utils.update_bn` does, so
+    /// that the frozen network computes what the trained one did on typical batches).
+    pub fn calibrated(self, images: Tensor<4>) -> Self {
+        let (bn1, x) = self.bn1.calibrated(self.conv1.forward(images));
+        let mut x = self.maxpool.forward(relu(x));
+        let mut layer = |blocks: Vec<Bottleneck>| -> Vec<Bottleneck> {
+            blocks
+                .into_iter()
+                .map(|block| {
+                    let (block, y) = block.calibrated(x.clone());
+                    x = y;
+                    block
+                })
+                .collect()
+        };
+        let (layer1, layer2, layer3, layer4) = (
+            layer(self.layer1),
+            layer(self.layer2),
+            layer(self.layer3),
+            layer(self.layer4),
+        );
+        Self {
+            bn1,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            ..self
+        }
+    }
+
+    /// For training from scratch, where there are no ImageNet statistics to freeze: batch
+    /// norms train as torchvision trains a ResNet (batch statistics, trainable affine, the
+    /// convolutions have no biases); [`ResNet::calibrated`] freezes them afterwards.
+    pub fn for_training(self) -> Self {
+        let layer = |blocks: Vec<Bottleneck>| blocks.into_iter().map(Bottleneck::for_training).collect();
+        Self {
+            bn1: self.bn1.for_training(),
+            layer1: layer(self.layer1),
+            layer2: layer(self.layer2),
+            layer3: layer(self.layer3),
+            layer4: layer(self.layer4),
+            ..self
+        }
+    }
+
     /// `[batch, 3, h, w]` to `[batch, 8 * expansion * width, ceil(h / 16), ceil(w / 16)]`
     /// (dilated; `/ 32` otherwise).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -183,5 +311,67 @@ impl ResNet {
             .into_iter()
             .flatten()
             .fold(x, |x, block| block.forward(x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// Training-mode batch norm normalises each channel of the batch to mean `bias` and
+    /// standard deviation `weight`, and its autodiff gradient (through the batch mean and
+    /// variance) matches a central finite difference.
+    #[test]
+    fn training_mode_batch_norm_and_its_gradient() {
+        let device = Device::flex().autodiff();
+        device.seed(4);
+        let mut bn = FrozenBatchNorm2d::new(3, &device).for_training();
+        bn.weight = Param::from_tensor(Tensor::from_floats([0.5, 2.0, 1.0], &device));
+        bn.bias = Param::from_tensor(Tensor::from_floats([1.0, -1.0, 0.0], &device));
+        let x = Tensor::<4>::random([2, 3, 4, 5], Distribution::Normal(3.0, 2.0), &device);
+        let y = bn.forward(x.clone()).swap_dims(0, 1).reshape([3, 40]);
+        let mean: Vec<f32> = y.clone().mean_dim(1).into_data().try_to_vec::<f32>().unwrap();
+        let std: Vec<f32> = y.var_bias(1).sqrt().into_data().try_to_vec::<f32>().unwrap();
+        for (c, (m, s)) in mean.iter().zip(&std).enumerate() {
+            assert!(
+                (m - [1.0, -1.0, 0.0][c]).abs() < 1e-5 && (s - [0.5, 2.0, 1.0][c]).abs() < 1e-3,
+                "{c}: {m} {s}"
+            );
+        }
+        let probe = Tensor::<4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+        let direction = Tensor::<4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+        let x = x.require_grad();
+        let loss = |x: Tensor<4>| (bn.forward(x).powf_scalar(2.0) * probe.clone()).sum();
+        let grads = loss(x.clone()).backward();
+        let analytic = (x.grad(&grads).unwrap() * direction.clone().inner())
+            .sum()
+            .into_scalar::<f32>() as f64;
+        let at = |eps: f64| {
+            loss(x.clone().detach() + direction.clone().mul_scalar(eps)).into_scalar::<f32>() as f64
+        };
+        let numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
+        assert!(
+            (numeric - analytic).abs() < 1e-2 * analytic.abs().max(1.0),
+            "{numeric} vs {analytic}"
+        );
+    }
+
+    /// Calibrating the frozen statistics on a batch reproduces training-mode batch norm on
+    /// that batch (up to the unbiased variance the running statistics keep).
+    #[test]
+    fn calibration_freezes_what_training_mode_computes() {
+        let device = Device::flex();
+        device.seed(2);
+        let config = CatrConfig::new()
+            .with_resnet_blocks([1, 1, 1, 1])
+            .with_resnet_width(4);
+        let net = ResNet::new(&config, &device).for_training();
+        let x = Tensor::<4>::random([16, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+        let training = net.forward(x.clone());
+        let frozen = net.calibrated(x.clone()).forward(x);
+        let diff = (training.clone() - frozen).abs().max().into_scalar::<f32>();
+        let scale = training.abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-2 * scale, "{diff} of {scale}");
     }
 }

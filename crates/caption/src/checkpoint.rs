@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn::store::{
+    BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
 use burn::tensor::Device;
 use gaze_vit::checkpoint::{Checkpoint, Format, state_dict_shapes};
 
@@ -23,22 +25,77 @@ pub enum CaptionError {
     Data(#[from] gaze_data::DataError),
 }
 
-/// Checkpoint spelling of a module path: `backbone.0.body.` before the ResNet,
-/// `downsample.0/1` for the shortcut's convolution and batch norm, BERT's `LayerNorm`.
+/// Module path spellings and the published checkpoint's: the ResNet sits under
+/// `backbone.0.body.`, a shortcut's convolution and batch norm are `downsample.0/1`, and the
+/// decoder embeddings' norm is BERT's `LayerNorm`.
+const SPELLINGS: [(&str, &str); 4] = [
+    ("backbone.", "backbone.0.body."),
+    ("downsample_conv.", "downsample.0."),
+    ("downsample_bn.", "downsample.1."),
+    ("embeddings.layer_norm.", "embeddings.LayerNorm."),
+];
+
+/// Checkpoint spelling of a module path; see [`SPELLINGS`].
 pub fn checkpoint_key(name: &str) -> String {
-    let name = name.replacen("backbone.", "backbone.0.body.", 1);
-    name.replace("downsample_conv.", "downsample.0.")
-        .replace("downsample_bn.", "downsample.1.")
-        .replace("embeddings.layer_norm.", "embeddings.LayerNorm.")
+    SPELLINGS
+        .iter()
+        .fold(name.to_string(), |name, (module, checkpoint)| {
+            name.replacen(module, checkpoint, 1)
+        })
 }
 
-/// Checkpoint spellings (regex) and the module paths they load into; see [`checkpoint_key`].
-const RENAMES: [(&str, &str); 4] = [
-    (r"^backbone\.0\.body\.", "backbone."),
-    (r"downsample\.0\.", "downsample_conv."),
-    (r"downsample\.1\.", "downsample_bn."),
-    (r"embeddings\.LayerNorm\.", "embeddings.layer_norm."),
-];
+/// `(pattern, replacement)` regexes from checkpoint to module spellings (`to_module`) or back.
+fn remappings(to_module: bool) -> impl Iterator<Item = (String, String)> {
+    SPELLINGS.iter().map(move |&(module, checkpoint)| {
+        let (from, to) = if to_module {
+            (checkpoint, module)
+        } else {
+            (module, checkpoint)
+        };
+        // The backbone prefix only at the start; the others wherever they occur.
+        let anchor = if module == "backbone." { "^" } else { "" };
+        (format!("{anchor}{}", from.replace('.', r"\.")), to.to_string())
+    })
+}
+
+/// Metadata key under which gaze stores the [`CatrConfig`] of a trained model as JSON.
+pub const CATR_METADATA_KEY: &str = "gaze.catr";
+
+/// The architecture stored in a safetensors file written by [`save_catr`], if any.
+pub fn stored_config(path: &Path) -> Result<Option<CatrConfig>, CaptionError> {
+    let checkpoint = Checkpoint::open(path)?;
+    checkpoint
+        .metadata
+        .get(CATR_METADATA_KEY)
+        .map(|json| {
+            serde_json::from_str(json).map_err(|e| CaptionError::Mismatch {
+                path: path.to_path_buf(),
+                message: format!("bad {CATR_METADATA_KEY} metadata: {e}"),
+            })
+        })
+        .transpose()
+}
+
+/// Writes `model` as safetensors under the published checkpoint's names, with `config` in the
+/// metadata so that the file alone rebuilds the model.
+pub fn save_catr(model: &Caption, config: &CatrConfig, path: &Path) -> Result<(), CaptionError> {
+    let err = |message: String| CaptionError::Mismatch {
+        path: path.to_path_buf(),
+        message,
+    };
+    let json = serde_json::to_string(config).map_err(|e| err(e.to_string()))?;
+    gaze_vit::checkpoint::write_then_rename(path, |tmp| {
+        let mut store = SafetensorsStore::from_file(tmp)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .metadata(CATR_METADATA_KEY, json)
+            .overwrite(true);
+        for (from, to) in remappings(false) {
+            store = store.with_key_remapping(&from, &to);
+        }
+        model.save_into(&mut store).map_err(|e| e.to_string())
+    })
+    .map_err(err)
+}
 
 /// Builds `config`'s model with the weights in `path`, after checking every name and shape.
 pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Caption, CaptionError> {
@@ -63,8 +120,8 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
     let result = match &checkpoint.format {
         Format::Pytorch { top_level_key } => {
             let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-            for (from, to) in RENAMES {
-                store = store.with_key_remapping(from, to);
+            for (from, to) in remappings(true) {
+                store = store.with_key_remapping(&from, &to);
             }
             if let Some(key) = top_level_key {
                 store = store.with_top_level_key(key);
@@ -74,8 +131,8 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
         // The same state dict converted with `safetensors.torch.save_file`.
         Format::Safetensors => {
             let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
-            for (from, to) in RENAMES {
-                store = store.with_key_remapping(from, to);
+            for (from, to) in remappings(true) {
+                store = store.with_key_remapping(&from, &to);
             }
             model.load_from(&mut store).map_err(|e| mismatch(e.to_string()))?
         }
@@ -95,6 +152,33 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_models_load_back_with_their_config() {
+        let device = Device::flex();
+        let config = CatrConfig::from_partial(&serde_json::json!({
+            "resnet_blocks": [1, 1, 1, 1], "resnet_width": 4, "hidden_dim": 16, "nheads": 2,
+            "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 32, "vocab_size": 110,
+            "max_position_embeddings": 8, "max_dim": 64
+        }))
+        .unwrap();
+        device.seed(1);
+        let model = config.init(&device);
+        let path = std::env::temp_dir().join(format!("gaze-catr-{}.safetensors", std::process::id()));
+        save_catr(&model, &config, &path).unwrap();
+        let stored = stored_config(&path).unwrap().unwrap();
+        assert_eq!(stored, config);
+        // Every tensor under the published checkpoint's name.
+        let names = Checkpoint::open(&path).unwrap().shapes;
+        assert!(names.contains_key("backbone.0.body.layer1.0.downsample.0.weight"));
+        assert!(names.contains_key("transformer.embeddings.LayerNorm.weight"));
+        let loaded = load_catr(&path, &stored, &device).unwrap();
+        let image =
+            burn::tensor::Tensor::<4>::random([1, 3, 32, 48], burn::tensor::Distribution::Default, &device);
+        let (a, b) = (model.caption(image.clone(), 6), loaded.caption(image, 6));
+        assert_eq!(a, b);
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn names_map_to_the_checkpoint() {

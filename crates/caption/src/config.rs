@@ -37,6 +37,9 @@ pub struct CatrConfig {
     /// Epsilon of the decoder-embedding LayerNorm (every other LayerNorm uses 1e-5).
     #[config(default = 1e-12)]
     pub layer_norm_eps: f64,
+    /// Preprocessing: the longer image side is scaled to this many pixels (`under_max`).
+    #[config(default = 299)]
+    pub max_dim: usize,
 }
 
 impl CatrConfig {
@@ -45,9 +48,30 @@ impl CatrConfig {
         Self::new()
     }
 
+    /// Fields of `given` (a JSON object) over the published v3 model; an unknown field is an
+    /// error, so a typo cannot silently fall back to v3's value.
+    pub fn from_partial(given: &serde_json::Value) -> Result<Self, String> {
+        let mut merged = serde_json::to_value(Self::v3()).expect("config serialises");
+        let fields = given
+            .as_object()
+            .ok_or("expected a JSON object of CatrConfig fields")?;
+        for (key, value) in fields {
+            let slot = merged
+                .get_mut(key)
+                .ok_or_else(|| format!("unknown CatrConfig field `{key}`"))?;
+            *slot = value.clone();
+        }
+        serde_json::from_value(merged).map_err(|e| e.to_string())
+    }
+
     /// Channels out of the backbone.
     pub fn backbone_channels(&self) -> usize {
         self.resnet_width * 8 * self.expansion()
+    }
+
+    /// Pixels per feature cell: 16 with the dilated last stage, else 32.
+    pub fn output_stride(&self) -> usize {
+        if self.dilation { 16 } else { 32 }
     }
 
     /// Output channels of a block per unit of width.
@@ -71,5 +95,19 @@ impl CatrConfig {
                 .with_bottleneck(bottleneck)
                 .with_dilation(dilation),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_configs_keep_v3_for_the_rest() {
+        let small = CatrConfig::from_partial(&serde_json::json!({"hidden_dim": 64, "max_dim": 96})).unwrap();
+        assert_eq!((small.hidden_dim, small.max_dim, small.enc_layers), (64, 96, 6));
+        let typo = CatrConfig::from_partial(&serde_json::json!({"hidden": 64})).unwrap_err();
+        assert!(typo.contains("`hidden`"), "{typo}");
+        assert!(CatrConfig::from_partial(&serde_json::json!({"nheads": "eight"})).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! * [`Caption::caption`] decodes greedily with the encoder run once and a key/value cache,
 //!   returning per step the last decoder layer's head-averaged cross-attention.
 //! * [`Vocab`] turns word-piece ids into text as `BertTokenizer.decode` (transformers 3.0.2).
+//! * [`train`] trains one from scratch with teacher forcing (the synthetic caption task).
 //! * [`load_catr`] reads `torch.save({'model': state_dict})` files (zip or legacy pickle).
 
 mod backbone;
@@ -16,12 +17,13 @@ mod config;
 mod model;
 mod preprocess;
 mod text;
+pub mod train;
 mod transformer;
 
 pub use backbone::{Bottleneck, FrozenBatchNorm2d, ResNet};
-pub use checkpoint::{CaptionError, checkpoint_key, load_catr};
+pub use checkpoint::{CATR_METADATA_KEY, CaptionError, checkpoint_key, load_catr, save_catr, stored_config};
 pub use config::CatrConfig;
 pub use model::{Caption, CaptionOutput};
 pub use preprocess::{catr_size, preprocess};
-pub use text::{Vocab, VocabError, Word, words};
+pub use text::{UNK, Vocab, VocabError, Word, words};
 pub use transformer::{DecoderLayer, EncoderLayer, MultiheadAttention};

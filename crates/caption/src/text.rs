@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The special tokens of bert-base-uncased: `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]`.
-const SPECIAL: [usize; 5] = [0, 100, 101, 102, 103];
+const SPECIAL: [usize; 5] = [0, UNK, 101, 102, 103];
+/// `[UNK]`, for words the vocabulary cannot spell.
+pub const UNK: usize = 100;
 
 /// Cleanup replacements of `clean_up_tokenization`, in order.
 const CLEANUP: [(&str, &str); 10] = [
@@ -73,6 +75,62 @@ impl Vocab {
 
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+
+    /// Id of `token`, if the vocabulary has it.
+    pub fn id(&self, token: &str) -> Option<usize> {
+        self.tokens.iter().position(|t| t == token)
+    }
+
+    /// Word-piece ids of `text` as `BertTokenizer.encode(text, add_special_tokens=False)`
+    /// (uncased): lower-cased, split at white space and punctuation, each word split greedily
+    /// into the longest pieces in the vocabulary (`##` marks a continuation); a word that
+    /// cannot be split becomes `[UNK]` (100).
+    pub fn encode(&self, text: &str) -> Vec<usize> {
+        let index: HashMap<&str, usize> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        let lower = text.to_lowercase();
+        let mut words: Vec<String> = Vec::new();
+        for chunk in lower.split_whitespace() {
+            let mut word = String::new();
+            for c in chunk.chars() {
+                if c.is_ascii_punctuation() || (!c.is_alphanumeric() && !c.is_whitespace()) {
+                    words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)));
+                    words.push(c.to_string());
+                } else {
+                    word.push(c);
+                }
+            }
+            words.extend((!word.is_empty()).then_some(word));
+        }
+        let mut ids = Vec::new();
+        for word in &words {
+            let chars: Vec<char> = word.chars().collect();
+            let (mut start, mut pieces) = (0, Vec::new());
+            while start < chars.len() {
+                let found = (start + 1..=chars.len()).rev().find_map(|end| {
+                    let piece: String = chars[start..end].iter().collect();
+                    let piece = if start > 0 { format!("##{piece}") } else { piece };
+                    index.get(piece.as_str()).map(|&id| (id, end))
+                });
+                match found {
+                    Some((id, end)) => {
+                        pieces.push(id);
+                        start = end;
+                    }
+                    None => {
+                        pieces = vec![UNK];
+                        break;
+                    }
+                }
+            }
+            ids.extend(pieces);
+        }
+        ids
     }
 
     /// The caption text of `ids`.
@@ -163,6 +221,19 @@ mod tests {
         assert_eq!(v.decode(&[112, 113, 114, 115]), "Donn't,?");
         assert_eq!(v.decode(&[0, 116, 105]), "Nasa man");
         assert_eq!(v.decode(&[]), "");
+    }
+
+    #[test]
+    fn encode_splits_words_into_longest_pieces() {
+        let v = vocab();
+        // "cats" is `cat ##s`; punctuation splits off; unknown words become [UNK].
+        assert_eq!(
+            v.encode("A man's cats sitting."),
+            [104, 105, 106, 107, 108, 109, 110, 111]
+        );
+        assert_eq!(v.encode("  cat  zebra,"), [108, UNK, 114]);
+        assert_eq!(v.decode(&v.encode("a man sitting")), "A man sitting");
+        assert_eq!(v.id("[CLS]"), Some(101));
     }
 
     #[test]

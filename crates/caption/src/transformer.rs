@@ -148,6 +148,41 @@ impl DecoderLayer {
         }
     }
 
+    /// The whole target sequence at once (teacher forcing): `t` `[batch, len, d]` with query
+    /// positions `qpos` `[1, len, d]`, `memory` `[batch, cells, d]` with `pos` `[1, cells, d]`,
+    /// and the additive causal `mask` `[1, 1, len, len]`. Returns the output and the
+    /// cross-attention weights averaged over heads, `[batch, len, cells]`.
+    pub fn forward(
+        &self,
+        t: Tensor<3>,
+        qpos: Tensor<3>,
+        memory: Tensor<3>,
+        pos: Tensor<3>,
+        mask: Tensor<4>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let h = self.norm1.forward(t.clone());
+        let a = &self.self_attn;
+        let hq = h.clone() + qpos.clone();
+        let (attended, _) = a.attend(
+            a.project(hq.clone(), 0),
+            a.project(hq, 1),
+            a.project(h, 2),
+            Some(mask),
+        );
+        let t = t + attended;
+        let h = self.norm2.forward(t.clone());
+        let c = &self.multihead_attn;
+        let (attended, weights) = c.attend(
+            c.project(h + qpos, 0),
+            c.project(memory.clone() + pos, 1),
+            c.project(memory, 2),
+            None,
+        );
+        let t = t + attended;
+        let h = self.norm3.forward(t.clone());
+        (t + self.linear2.forward(relu(self.linear1.forward(h))), weights)
+    }
+
     /// Keys `memory + pos` and values `memory` of the cross-attention, computed once.
     pub fn cache(&self, memory: Tensor<3>, pos: Tensor<3>) -> LayerCache {
         let cross_proj = self.multihead_attn.projections();
@@ -224,6 +259,15 @@ impl MultiheadAttention {
             biases: [b(0), b(1), b(2)],
         }
     }
+}
+
+/// `[1, 1, len, len]` additive mask that hides later positions (`-1e9` above the diagonal,
+/// which is exactly 0 after softmax), as `generate_square_subsequent_mask`.
+pub fn causal_mask(len: usize, device: &Device) -> Tensor<4> {
+    let values: Vec<f32> = (0..len * len)
+        .map(|i| if i % len > i / len { -1e9 } else { 0.0 })
+        .collect();
+    Tensor::<4>::from_data(burn::tensor::TensorData::new(values, [1, 1, len, len]), device)
 }
 
 /// DETR's sine position encoding for an unpadded `h x w` grid: `[h * w, d]` row-major,

@@ -57,7 +57,7 @@ fn fnv1a64(bytes: &[u8]) -> String {
 
 fn input(stem: &str, device: &Device) -> Tensor<4> {
     let image = load_rgb(&fixtures().join(format!("images/{stem}.png"))).unwrap();
-    let (resized, pixels) = preprocess(&image);
+    let (resized, pixels) = preprocess(&image, 299);
     let (w, h) = resized.dimensions();
     Tensor::from_data(TensorData::new(pixels, [1, 3, h as usize, w as usize]), device)
 }
@@ -67,7 +67,7 @@ fn preprocessing_is_bit_exact_with_pillow() {
     let expected = expected_json();
     for stem in STEMS {
         let image = load_rgb(&fixtures().join(format!("images/{stem}.png"))).unwrap();
-        let (resized, _) = preprocess(&image);
+        let (resized, _) = preprocess(&image, 299);
         let want = &expected[stem];
         assert_eq!(
             serde_json::json!([resized.width(), resized.height()]),

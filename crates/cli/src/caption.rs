@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
-use gaze_caption::{CatrConfig, Vocab, load_catr, preprocess, words};
+use gaze_caption::{CatrConfig, Vocab, load_catr, preprocess, stored_config, words};
 use gaze_data::{collect_images, ensure_readable, load_rgb};
 use gaze_viz::Colormap;
 use gaze_viz::figures::{Region, attention_figure};
@@ -32,7 +32,7 @@ pub struct CaptionArgs {
     #[arg(long)]
     json: bool,
     /// Architecture as JSON: fields of CatrConfig, the rest from the published v3 model
-    /// [default: v3].
+    /// [default: the one stored in a file written by `gaze caption-train`, else v3].
     #[arg(long, value_name = "FILE")]
     arch: Option<PathBuf>,
     /// Longest caption in word pieces.
@@ -72,15 +72,10 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
                 .with_context(|| format!("{}: could not read", path.display()))?;
             let given: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-            // Fields left out keep the published model's values.
-            let mut merged = serde_json::to_value(CatrConfig::v3())?;
-            for (key, value) in given.as_object().into_iter().flatten() {
-                merged[key] = value.clone();
-            }
-            serde_json::from_value::<CatrConfig>(merged)
-                .with_context(|| format!("{}: not a CATR config", path.display()))?
+            CatrConfig::from_partial(&given)
+                .map_err(|e| anyhow::anyhow!("{}: not a CATR config: {e}", path.display()))?
         }
-        None => CatrConfig::v3(),
+        None => stored_config(&args.weights)?.unwrap_or_else(CatrConfig::v3),
     };
     let vocab = Vocab::from_file(&args.vocab)?;
     if vocab.len() != config.vocab_size {
@@ -99,7 +94,7 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
         .with_context(|| format!("{}: could not create", args.out.display()))?;
     let progress = bar(paths.len(), "caption");
     for path in &paths {
-        let (resized, pixels) = preprocess(&load_rgb(path)?);
+        let (resized, pixels) = preprocess(&load_rgb(path)?, config.max_dim);
         let (w, h) = resized.dimensions();
         let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h as usize, w as usize]), &device);
         let started = std::time::Instant::now();
@@ -132,13 +127,14 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
         if ended {
             maps.push(("[end]".into(), out.attention[out.tokens.len()].clone()));
         }
-        // Feature cell (y, x) covers pixels [16y, 16y + 16) x [16x, 16x + 16): the grid
-        // overhangs the image when a side is not a multiple of 16.
+        // Feature cell (y, x) covers pixels [sy, sy + s) x [sx, sx + s) for stride s: the
+        // grid overhangs the image when a side is not a multiple of s.
+        let stride = config.output_stride() as u32;
         let region = Region {
             x: 0,
             y: 0,
-            width: 16 * gw as u32,
-            height: 16 * gh as u32,
+            width: stride * gw as u32,
+            height: stride * gh as u32,
         };
         let title = if text.is_empty() {
             "(empty caption)".to_string()

@@ -31,6 +31,7 @@ enum Command {
     Synth(train::SynthArgs),
     Compare(train::CompareArgs),
     Caption(caption::CaptionArgs),
+    CaptionTrain(train::CaptionTrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => train::run_synth(args),
         Command::Compare(args) => train::run_compare(args),
         Command::Caption(args) => caption::caption(args),
+        Command::CaptionTrain(args) => train::run_caption_train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

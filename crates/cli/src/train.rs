@@ -1,10 +1,12 @@
-//! `gaze train`, `gaze synth` and `gaze compare`.
+//! `gaze train`, `gaze synth`, `gaze caption-train` and `gaze compare`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use gaze_caption::train::{CaptionTrainConfig, train_captioner};
+use gaze_data::scenes::{SceneSetConfig, write_scene_set};
 use gaze_data::synth::{SynthConfig, write_synth};
 use gaze_vit::parse_device;
 use gaze_vit::train::{EpochRow, Observer, RunOptions, TrainConfig, train};
@@ -100,20 +102,11 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         overrides.push(format!("model.weights=\"{}\"", init.display()));
     }
     let config = TrainConfig::load(&args.config, &overrides)?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let stem = args
-            .config
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
-        PathBuf::from("runs").join(stem)
-    });
-    if !args.resume && out.join("last").exists() {
-        bail!(
-            "{}: a run is already there; pass --resume to continue it or choose another --out",
-            out.display()
-        );
-    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_run_folder(&args.config));
+    refuse_to_overwrite(&out, args.resume)?;
     let device = parse_device(&args.device)?;
     let options = RunOptions {
         resume: args.resume,
@@ -136,19 +129,27 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Write a synthetic classification set in the `{label}_{id}.jpg` layout.
+/// Write a synthetic classification set in the `{label}_{id}.jpg` layout, or with --captions
+/// a synthetic captioning set.
 #[derive(Args)]
 pub struct SynthArgs {
     /// Output folder (gets train/, val/, classes.txt; boxes.json in each split).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Write the captioning set instead: 96x64 scenes of one to three coloured shapes with
+    /// captions such as "a red circle left of a blue square" (train/ and val/ with
+    /// captions.json, and vocab.txt).
+    #[arg(long, conflicts_with_all = ["classes", "size"])]
+    captions: bool,
     /// Classes: (colour, shape) pairs, 2 to 18.
     #[arg(long, default_value_t = 6)]
     classes: usize,
-    #[arg(long, default_value_t = 1200)]
-    train: usize,
-    #[arg(long, default_value_t = 300)]
-    val: usize,
+    /// Training images [default: 1200, with --captions 4000].
+    #[arg(long)]
+    train: Option<usize>,
+    /// Validation images [default: 300, with --captions 200].
+    #[arg(long)]
+    val: Option<usize>,
     /// Image side in pixels.
     #[arg(long, default_value_t = 96)]
     size: u32,
@@ -157,21 +158,113 @@ pub struct SynthArgs {
 }
 
 pub fn run_synth(args: SynthArgs) -> Result<()> {
+    if args.captions {
+        let defaults = SceneSetConfig::default();
+        let config = SceneSetConfig {
+            train: args.train.unwrap_or(defaults.train),
+            val: args.val.unwrap_or(defaults.val),
+            seed: args.seed,
+        };
+        write_scene_set(&args.out, &config).with_context(|| "could not write the synthetic caption set")?;
+        eprintln!(
+            "wrote {} + {} captioned scenes to {}",
+            config.train,
+            config.val,
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let defaults = SynthConfig::default();
     let config = SynthConfig {
         classes: args.classes,
-        train: args.train,
-        val: args.val,
+        train: args.train.unwrap_or(defaults.train),
+        val: args.val.unwrap_or(defaults.val),
         size: args.size,
         seed: args.seed,
     };
     write_synth(&args.out, &config).with_context(|| "could not write the synthetic set")?;
     eprintln!(
         "wrote {} + {} images of {} classes to {}",
-        args.train,
-        args.val,
-        args.classes,
+        config.train,
+        config.val,
+        config.classes,
         args.out.display()
     );
+    Ok(())
+}
+
+/// Train a CATR-architecture captioner from scratch with teacher forcing, on a
+/// `gaze synth --captions` set, from a TOML config (see configs/caption/synth_catr.toml).
+#[derive(Args)]
+pub struct CaptionTrainArgs {
+    /// Run configuration, e.g. configs/caption/synth_catr.toml.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Run folder [default: runs/<config file stem>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue from the run folder's last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after N optimizer steps, leaving a checkpoint (to test --resume).
+    #[arg(long, hide = true)]
+    max_steps: Option<usize>,
+    /// Backend device (see `gaze predict --help`).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Config overrides, e.g. optim.lr=1e-3 schedule.epochs=2 data.dir="runs/scenes".
+    #[arg(value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+pub fn run_caption_train(args: CaptionTrainArgs) -> Result<()> {
+    let config = CaptionTrainConfig::load(&args.config, &args.overrides)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_run_folder(&args.config));
+    refuse_to_overwrite(&out, args.resume)?;
+    let device = parse_device(&args.device)?;
+    let mut progress = Progress {
+        bar: None,
+        terminal: std::io::stderr().is_terminal(),
+    };
+    let options = RunOptions {
+        resume: args.resume,
+        max_steps: args.max_steps,
+        ..RunOptions::default()
+    };
+    let Some(summary) = train_captioner(&config, &out, &options, &device, &mut progress)? else {
+        return Ok(());
+    };
+    let v = &summary.val;
+    println!(
+        "val exact match {:.1}% of {} scenes; pointing {:.1}% of {} words (chance {:.1}%) -> {}",
+        100.0 * v.exact_match,
+        v.images,
+        100.0 * v.pointing_accuracy,
+        v.pointed_words,
+        100.0 * v.pointing_chance,
+        out.join("model.safetensors").display()
+    );
+    Ok(())
+}
+
+fn default_run_folder(config: &std::path::Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    PathBuf::from("runs").join(stem)
+}
+
+fn refuse_to_overwrite(out: &std::path::Path, resume: bool) -> Result<()> {
+    if !resume && out.join("last").exists() {
+        bail!(
+            "{}: a run is already there; pass --resume to continue it or choose another --out",
+            out.display()
+        );
+    }
     Ok(())
 }
 
@@ -213,12 +306,19 @@ struct RunRecord {
 }
 
 fn read_run(dir: &std::path::Path) -> Result<RunRecord> {
-    let config = TrainConfig::load(&dir.join("config.toml"), &[])?;
+    // Read as plain TOML: ViT runs and captioner runs (`gaze caption-train`) compare alike.
+    let path = dir.join("config.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("{}: could not read", path.display()))?;
+    let config: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not a run config", path.display()))?;
     let mut settings = std::collections::BTreeMap::new();
-    flatten("", &toml::Value::try_from(&config)?, &mut settings);
+    flatten("", &toml::Value::Table(config), &mut settings);
     // Data locations differ between machines, not between settings.
-    settings
-        .retain(|k, _| !k.starts_with("data.train") && !k.starts_with("data.val") && k != "model.weights");
+    settings.retain(|k, _| {
+        !k.starts_with("data.train") && !k.starts_with("data.val") && k != "data.dir" && k != "model.weights"
+    });
     let metrics = dir.join("metrics.csv");
     let text = std::fs::read_to_string(&metrics)
         .with_context(|| format!("{}: could not read", metrics.display()))?;
