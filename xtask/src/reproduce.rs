@@ -225,6 +225,119 @@ fn write_report(out: &Path, title: &str, sections: &[(String, String, Vec<PathBu
     Ok(())
 }
 
+/// The caption half on synthetic scenes: generate them, train a small CATR with teacher
+/// forcing, caption five held-out scenes with their attention figures, and report exact
+/// match and pointing accuracy over every held-out scene.
+fn synthetic_captions(
+    root: &Path,
+    out: &Path,
+    r: &mut Runner,
+    summary: &mut Value,
+    sections: &mut Vec<(String, String, Vec<PathBuf>)>,
+) -> Result<()> {
+    let scenes = out.join("data/scenes");
+    let vocab = scenes.join("vocab.txt");
+    let val_dir = scenes.join("val");
+    r.step(
+        "synthetic caption set",
+        &[],
+        &[vocab.clone(), val_dir.join("captions.json")],
+        &["synth".into(), "--captions".into(), "--out".into(), s(&scenes)],
+    )?;
+    let config = root.join("configs/caption/synth_catr.toml");
+    let run = out.join("catr");
+    let (weights, run_summary) = (run.join("model.safetensors"), run.join("summary.json"));
+    let mut train_args = vec![
+        "caption-train".into(),
+        "--config".into(),
+        s(&config),
+        "--out".into(),
+        s(&run),
+        format!("data.dir=\"{}\"", scenes.display()),
+    ];
+    if run.join("last").exists() {
+        train_args.push("--resume".into());
+    }
+    r.step(
+        "train the captioner",
+        &[config, vocab.clone(), val_dir.join("captions.json")],
+        &[run_summary.clone(), weights.clone()],
+        &train_args,
+    )?;
+    let curves_dir = out.join("compare-caption");
+    let curves = curves_dir.join("val_curves.png");
+    r.step(
+        "captioner learning curves",
+        &[run_summary.clone()],
+        &[curves.clone()],
+        &["compare".into(), s(&run), "--out".into(), s(&curves_dir)],
+    )?;
+    let shown: Vec<PathBuf> = (0..5).map(|i| val_dir.join(format!("{i:05}.png"))).collect();
+    let cap_dir = out.join("figures/captions");
+    let stem = |p: &PathBuf| p.file_stem().unwrap().to_string_lossy().into_owned();
+    let pngs: Vec<PathBuf> = shown
+        .iter()
+        .map(|p| cap_dir.join(format!("{}.png", stem(p))))
+        .collect();
+    let mut caption_args = vec![
+        "caption".into(),
+        "--weights".into(),
+        s(&weights),
+        "--vocab".into(),
+        s(&vocab),
+        "--out".into(),
+        s(&cap_dir),
+        "--json".into(),
+        "--images".into(),
+    ];
+    caption_args.extend(shown.iter().map(|p| s(p)));
+    r.step(
+        "caption attention (5 held-out scenes)",
+        &[weights.clone()],
+        &pngs,
+        &caption_args,
+    )?;
+
+    let trained: Value = serde_json::from_slice(&std::fs::read(&run_summary)?)?;
+    let scores = &trained["val"];
+    summary["caption_exact_match"] = scores["exact_match"].clone();
+    summary["pointing_accuracy"] = scores["pointing_accuracy"].clone();
+    summary["pointing_chance"] = scores["pointing_chance"].clone();
+    let references: Value = serde_json::from_slice(&std::fs::read(val_dir.join("captions.json"))?)?;
+    let mut lines = Vec::new();
+    for p in &shown {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let got: Value = serde_json::from_slice(&std::fs::read(cap_dir.join(format!("{}.json", stem(p))))?)?;
+        let (got, want) = (
+            got["caption"].as_str().unwrap_or(""),
+            references[&name]["caption"].as_str().unwrap_or(""),
+        );
+        let mark = if got.eq_ignore_ascii_case(want) {
+            "ok"
+        } else {
+            "WRONG"
+        };
+        lines.push(format!("{name}: \"{got}\" (reference \"{want}\", {mark})"));
+    }
+    sections.push((
+        "Caption attention".into(),
+        format!(
+            "A small CATR-architecture model (configs/caption/synth_catr.toml) trained from scratch on {} synthetic scenes with teacher forcing; greedy decoding, one panel per word (last decoder layer's cross-attention, mean over heads). The curve is the teacher-forced validation token accuracy per epoch.\n\
+             Held-out scenes captioned exactly: {:.1} % of {}.\n\
+             Pointing check: for {} colour and shape words of exactly captioned scenes, the attention peak lies inside the named object's box {:.1} % of the time (a random cell would: {:.1} %).\n\n{}",
+            trained["train_images"].as_u64().unwrap_or(0),
+            100.0 * scores["exact_match"].as_f64().unwrap_or(0.0),
+            scores["images"],
+            scores["pointed_words"],
+            100.0 * scores["pointing_accuracy"].as_f64().unwrap_or(0.0),
+            100.0 * scores["pointing_chance"].as_f64().unwrap_or(0.0),
+            lines.join("\n")
+        ),
+        [vec![curves], pngs].concat(),
+    ));
+    Ok(())
+}
+
 pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     let started = Instant::now();
     let out = root.join(&args.out);
@@ -459,10 +572,12 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
             "CATR v3, greedy decoding; one panel per word.".into(),
             pngs,
         ));
+    } else if synthetic {
+        synthetic_captions(root, &out, &mut r, &mut summary, &mut sections)?;
     } else {
         sections.push((
             "Caption attention".into(),
-            "Not run: the synthetic caption task (training a small CATR) is not implemented yet; with --data, pass --catr-weights and --vocab.".into(),
+            "Not run: pass --catr-weights and --vocab (see `cargo xtask fetch`).".into(),
             vec![],
         ));
     }
