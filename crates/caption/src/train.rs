@@ -20,8 +20,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use gaze_data::scenes::{SceneRecord, read_captions};
 use gaze_vit::train::{
     ConfigError, EpochRow, Observer, OptimSection, RunOptions, RunSection, ScheduleSection, TrainError,
-    build_optimizer, epoch_order, io_err, learning_rate, load_checkpoint, parse_with_overrides,
-    save_checkpoint, write_json, write_metrics,
+    build_optimizer, epoch_order, io_err, learning_rate, load_checkpoint, load_toml, save_checkpoint,
+    write_json, write_metrics,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,22 +55,17 @@ pub struct CaptionDataSection {
 impl CaptionTrainConfig {
     /// Reads `path` and applies `section.key=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError {
-            path: path.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let doc = parse_with_overrides(&text, overrides).map_err(err)?;
-        let config: Self = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| err(e.to_string()))?;
-        config.catr().map_err(err)?;
-        if config.data.batch_size == 0 || config.schedule.epochs == 0 || config.optim.grad_accum != 1 {
-            return Err(err(
+        load_toml(path, overrides, Self::validate)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.catr()?;
+        if self.data.batch_size == 0 || self.schedule.epochs == 0 || self.optim.grad_accum != 1 {
+            return Err(
                 "data.batch_size and schedule.epochs must be at least 1; optim.grad_accum must be 1".into(),
-            ));
+            );
         }
-        Ok(config)
+        Ok(())
     }
 
     /// The architecture: v3 with `model`'s fields.

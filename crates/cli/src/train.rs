@@ -14,27 +14,18 @@ use indicatif::ProgressBar;
 
 use crate::progress::bar;
 
-/// Fine-tune or train a ViT from a TOML config (see configs/).
+/// What every training command takes: the config, the run folder, resuming, the device.
 #[derive(Args)]
-pub struct TrainArgs {
-    /// Run configuration, e.g. configs/vit_s16_384_pets.toml.
+struct RunArgs {
+    /// Run configuration (TOML; see configs/).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Dataset root with train/ and val/ folders (overrides data.train and data.val).
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
-    /// Start from these timm weights (sets model.init = "pretrained").
-    #[arg(long, value_name = "FILE")]
-    init: Option<PathBuf>,
     /// Run folder [default: runs/<config file stem>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue from the run folder's last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Leave unreadable images out (counted in summary.json) instead of stopping.
-    #[arg(long)]
-    skip_bad: bool,
     /// Stop after N optimizer steps, leaving a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     max_steps: Option<usize>,
@@ -44,6 +35,48 @@ pub struct TrainArgs {
     /// Config overrides, e.g. optim.lr=1e-3 schedule.epochs=2.
     #[arg(value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+}
+
+impl RunArgs {
+    /// The run folder (refusing a used one without --resume), the device and the options.
+    fn prepare(&self, skip_bad: bool) -> Result<(PathBuf, burn::tensor::Device, RunOptions)> {
+        let out = self.out.clone().unwrap_or_else(|| {
+            let stem = self
+                .config
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            PathBuf::from("runs").join(stem)
+        });
+        if !self.resume && out.join("last").exists() {
+            bail!(
+                "{}: a run is already there; pass --resume to continue it or choose another --out",
+                out.display()
+            );
+        }
+        let options = RunOptions {
+            resume: self.resume,
+            skip_bad,
+            max_steps: self.max_steps,
+        };
+        Ok((out, parse_device(&self.device)?, options))
+    }
+}
+
+/// Fine-tune or train a ViT from a TOML config (e.g. configs/vit_s16_384_pets.toml).
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Dataset root with train/ and val/ folders (overrides data.train and data.val).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Start from these timm weights (sets model.init = "pretrained").
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Leave unreadable images out (counted in summary.json) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
 }
 
 /// An indicatif bar per epoch on a terminal; a plain line per epoch either way.
@@ -92,7 +125,7 @@ impl Observer for Progress {
 }
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
-    let mut overrides = args.overrides.clone();
+    let mut overrides = args.run.overrides.clone();
     if let Some(data) = &args.data {
         overrides.push(format!("data.train=\"{}\"", data.join("train").display()));
         overrides.push(format!("data.val=\"{}\"", data.join("val").display()));
@@ -101,18 +134,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         overrides.push("model.init=\"pretrained\"".into());
         overrides.push(format!("model.weights=\"{}\"", init.display()));
     }
-    let config = TrainConfig::load(&args.config, &overrides)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_run_folder(&args.config));
-    refuse_to_overwrite(&out, args.resume)?;
-    let device = parse_device(&args.device)?;
-    let options = RunOptions {
-        resume: args.resume,
-        skip_bad: args.skip_bad,
-        max_steps: args.max_steps,
-    };
+    let config = TrainConfig::load(&args.run.config, &overrides)?;
+    let (out, device, options) = args.run.prepare(args.skip_bad)?;
     let mut progress = Progress {
         bar: None,
         terminal: std::io::stderr().is_terminal(),
@@ -194,45 +217,20 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
 }
 
 /// Train a CATR-architecture captioner from scratch with teacher forcing, on a
-/// `gaze synth --captions` set, from a TOML config (see configs/caption/synth_catr.toml).
+/// `gaze synth --captions` set, from a TOML config (e.g. configs/caption/synth_catr.toml;
+/// overrides such as data.dir="runs/scenes").
 #[derive(Args)]
 pub struct CaptionTrainArgs {
-    /// Run configuration, e.g. configs/caption/synth_catr.toml.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// Run folder [default: runs/<config file stem>].
-    #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
-    /// Continue from the run folder's last checkpoint.
-    #[arg(long)]
-    resume: bool,
-    /// Stop after N optimizer steps, leaving a checkpoint (to test --resume).
-    #[arg(long, hide = true)]
-    max_steps: Option<usize>,
-    /// Backend device (see `gaze predict --help`).
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Config overrides, e.g. optim.lr=1e-3 schedule.epochs=2 data.dir="runs/scenes".
-    #[arg(value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 pub fn run_caption_train(args: CaptionTrainArgs) -> Result<()> {
-    let config = CaptionTrainConfig::load(&args.config, &args.overrides)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_run_folder(&args.config));
-    refuse_to_overwrite(&out, args.resume)?;
-    let device = parse_device(&args.device)?;
+    let config = CaptionTrainConfig::load(&args.run.config, &args.run.overrides)?;
+    let (out, device, options) = args.run.prepare(false)?;
     let mut progress = Progress {
         bar: None,
         terminal: std::io::stderr().is_terminal(),
-    };
-    let options = RunOptions {
-        resume: args.resume,
-        max_steps: args.max_steps,
-        ..RunOptions::default()
     };
     let Some(summary) = train_captioner(&config, &out, &options, &device, &mut progress)? else {
         return Ok(());
@@ -247,24 +245,6 @@ pub fn run_caption_train(args: CaptionTrainArgs) -> Result<()> {
         100.0 * v.pointing_chance,
         out.join("model.safetensors").display()
     );
-    Ok(())
-}
-
-fn default_run_folder(config: &std::path::Path) -> PathBuf {
-    let stem = config
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "run".into());
-    PathBuf::from("runs").join(stem)
-}
-
-fn refuse_to_overwrite(out: &std::path::Path, resume: bool) -> Result<()> {
-    if !resume && out.join("last").exists() {
-        bail!(
-            "{}: a run is already there; pass --resume to continue it or choose another --out",
-            out.display()
-        );
-    }
     Ok(())
 }
 

@@ -198,13 +198,33 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Parses TOML `text` and applies `section.key=value` overrides (see [`apply_override`]).
-pub fn parse_with_overrides(text: &str, overrides: &[String]) -> Result<toml::Table, String> {
+/// Parses TOML `text` into `T` after applying `section.key=value` overrides (see
+/// [`apply_override`]).
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, overrides: &[String]) -> Result<T, String> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     for o in overrides {
         apply_override(&mut doc, o)?;
     }
-    Ok(doc)
+    toml::Value::Table(doc)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
+}
+
+/// Reads the run config at `path` with `overrides` into `T` and checks it with `check`;
+/// errors name the file.
+pub fn load_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    overrides: &[String],
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, ConfigError> {
+    let err = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let config = parse_toml(&text, overrides).map_err(err)?;
+    check(&config).map_err(err)?;
+    Ok(config)
 }
 
 /// Applies `section.key=value` overrides to a parsed TOML document. Values are read as TOML
@@ -234,20 +254,12 @@ fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<(), String>
 impl TrainConfig {
     /// Reads `path`, applies `overrides`, and checks the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError {
-            path: path.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        Self::parse(&text, overrides).map_err(err)
+        load_toml(path, overrides, Self::validate)
     }
 
     /// Parses TOML text with overrides.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self, String> {
-        let doc = parse_with_overrides(text, overrides)?;
-        let config: TrainConfig = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
+        let config: TrainConfig = parse_toml(text, overrides)?;
         config.validate()?;
         Ok(config)
     }
