@@ -9,9 +9,15 @@ use serde_json::{Value, json};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// gaze backend feature: flex, ndarray or tch.
-    #[arg(long, default_value = "flex", value_parser = ["flex", "ndarray", "tch"])]
+    /// gaze backend feature: flex, ndarray, tch (built against --python's torch), cuda or wgpu.
+    #[arg(long, default_value = "flex", value_parser = ["flex", "ndarray", "tch", "cuda", "wgpu"])]
     backend: String,
+    /// gaze device [default: the backend's CPU device; e.g. tch-cuda, cuda, wgpu for a GPU].
+    #[arg(long)]
+    device: Option<String>,
+    /// PyTorch device for the reference rows: cpu or cuda.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    torch_device: String,
     /// Timed runs per workload (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -54,22 +60,20 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         .args([
             "run",
             "-q",
+            "--release",
             "-p",
-            "gaze-vit",
+            "gaze-cli",
             "--example",
             "bench",
+            "--no-default-features",
             "--features",
             &args.backend,
         ])
-        .env(
-            "BENCH_DEVICE",
-            if args.backend == "tch" {
-                "tch"
-            } else {
-                &args.backend
-            },
-        )
+        .env("BENCH_DEVICE", args.device.as_deref().unwrap_or(&args.backend))
         .env("BENCH_REPEATS", &repeats);
+    if args.backend == "tch" {
+        cmd.envs(crate::libtorch_env(&args.python)?);
+    }
     println!("gaze ({}): {cmd:?}", args.backend);
     let out = cmd.output().context("could not run cargo")?;
     if !out.status.success() {
@@ -80,6 +84,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     let pytorch = match Command::new(&args.python)
         .arg(&script)
         .env("BENCH_REPEATS", &repeats)
+        .env("BENCH_TORCH_DEVICE", &args.torch_device)
         .output()
     {
         Ok(o) if o.status.success() => json_lines(&o.stdout),
@@ -93,24 +98,35 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         }
     };
     let mut rows = Vec::new();
-    println!("\n| workload | unit | gaze | PyTorch | gaze/PyTorch |\n|---|---|---|---|---|");
+    println!(
+        "\n| workload | unit | gaze | PyTorch | ratio (above 1: gaze is faster) |\n|---|---|---|---|---|"
+    );
     for row in &gaze {
         let workload = row["workload"].as_str().unwrap_or_default();
+        let unit = row["unit"].as_str().unwrap_or("images/s");
         let (g, p) = (row["value"].as_f64(), value(&pytorch, workload));
-        let ratio = g.zip(p).map(|(g, p)| g / p);
+        // Throughput: gaze / PyTorch; latency (seconds): PyTorch / gaze.
+        let ratio = g.zip(p).map(|(g, p)| if unit == "s" { p / g } else { g / p });
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         println!(
-            "| {workload} | images/s | {} | {} | {} |",
+            "| {workload} | {unit} | {} | {} | {} |",
             fmt(g),
             fmt(p),
             fmt(ratio)
         );
-        rows.push(json!({"workload": workload, "unit": "images/s", "gaze": g, "pytorch": p, "ratio": ratio}));
+        rows.push(json!({"workload": workload, "unit": unit, "gaze": g, "pytorch": p, "ratio": ratio}));
     }
     if let Some(path) = &args.json {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let report = json!({
-            "machine": {"backend": args.backend, "threads": threads, "cpu": cpu_model(), "repeats": args.repeats},
+            "machine": {
+                "backend": args.backend,
+                "device": args.device.as_deref().unwrap_or(&args.backend),
+                "torch_device": args.torch_device,
+                "threads": threads,
+                "cpu": cpu_model(),
+                "repeats": args.repeats,
+            },
             "rows": rows,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

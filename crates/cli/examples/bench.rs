@@ -1,14 +1,17 @@
-//! Workloads for `cargo xtask bench`: ViT-S/16-384 inference (batch 1 and 8) and one SGD
-//! training step (batch 8), each the median of repeated runs after a warm-up. Prints one
-//! JSON object per line: `{"workload", "unit", "value"}`.
+//! Workloads for `cargo xtask bench`: ViT-S/16-384 inference (batch 1 and 8), one SGD
+//! training step (batch 8), and a 127-token CATR v3 caption of a 299x224 input, each the
+//! median of repeated runs after a warm-up. Prints one JSON object per line:
+//! `{"workload", "unit", "value"}` (images/s, or seconds for the caption).
 //!
-//! `BENCH_DEVICE` picks the device (see `gaze predict --help`; default `auto`) and
-//! `BENCH_REPEATS` the number of timed runs (default 5).
+//! `BENCH_DEVICE` picks the device (see `gaze predict --help`; default `auto`),
+//! `BENCH_REPEATS` the number of timed runs (default 5) and `BENCH_ONLY` a comma-separated
+//! subset of the workloads.
 
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use gaze_caption::CatrConfig;
 use gaze_vit::train::{OptimSection, OptimizerKind, build_optimizer, cross_entropy};
 use gaze_vit::{VitConfig, parse_device};
 
@@ -37,6 +40,21 @@ fn report(workload: &str, images: usize, seconds: f64) {
     );
 }
 
+/// Greedy decoding of the full-size v3 model (random weights, seeded) on a 299x224 input,
+/// the size a 640x480 picture becomes. Random weights may end a caption early, so the time
+/// is scaled to 127 tokens (decoding cost is close to linear in the tokens).
+fn caption_127(device: &burn::tensor::Device, repeats: usize) {
+    device.seed(0);
+    let model = CatrConfig::v3().init(device);
+    let x = Tensor::<4>::random([1, 3, 224, 299], Distribution::Normal(0.0, 1.0), device);
+    let mut tokens = 0;
+    let seconds = time(repeats, || tokens = model.caption(x.clone(), 127).tokens.len());
+    println!(
+        "{{\"workload\": \"caption_127\", \"unit\": \"s\", \"value\": {:.4}, \"tokens\": {tokens}}}",
+        seconds * 127.0 / tokens.max(1) as f64
+    );
+}
+
 fn main() {
     let device =
         parse_device(&std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "auto".into())).expect("device");
@@ -44,15 +62,34 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    // BENCH_ONLY=vit_infer_b1,caption_127 runs a subset (for profiling).
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |workload: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|w| w == workload))
+    };
     let config = VitConfig::new().with_num_classes(37);
     let model = config.init(&device);
     for batch in [1usize, 8] {
+        if !wanted(&format!("vit_infer_b{batch}")) {
+            continue;
+        }
         let x = Tensor::<4>::random([batch, 3, 384, 384], Distribution::Normal(0.0, 1.0), &device);
         let seconds = time(repeats, || {
             let _ = model.forward(x.clone()).into_data();
         });
         report(&format!("vit_infer_b{batch}"), batch, seconds);
     }
+    if wanted("vit_train_b8") {
+        train_step(&config, &device, repeats);
+    }
+    if wanted("caption_127") {
+        caption_127(&device, repeats);
+    }
+}
+
+/// One SGD step (momentum 0.9) of ViT-S/16-384 on a batch of 8.
+fn train_step(config: &VitConfig, device: &burn::tensor::Device, repeats: usize) {
     let train_device = device.clone().autodiff();
     let mut model = config.init(&train_device);
     let optim_config = OptimSection {
