@@ -101,6 +101,20 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// `gaze compare` of one run folder: its validation curve, `dir/val_curves.png`.
+    fn learning_curves(&mut self, name: &str, run: &Path, dir: &Path) -> Result<PathBuf> {
+        let curves = dir.join("val_curves.png");
+        self.step(
+            name,
+            &[run.join("summary.json")],
+            std::slice::from_ref(&curves),
+            &["compare".into(), s(run), "--out".into(), s(dir)],
+        )?;
+        Ok(curves)
+    }
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -264,14 +278,7 @@ fn synthetic_captions(
         &[run_summary.clone(), weights.clone()],
         &train_args,
     )?;
-    let curves_dir = out.join("compare-caption");
-    let curves = curves_dir.join("val_curves.png");
-    r.step(
-        "captioner learning curves",
-        &[run_summary.clone()],
-        &[curves.clone()],
-        &["compare".into(), s(&run), "--out".into(), s(&curves_dir)],
-    )?;
+    let curves = r.learning_curves("captioner learning curves", &run, &out.join("compare-caption"))?;
     let shown: Vec<PathBuf> = (0..5).map(|i| val_dir.join(format!("{i:05}.png"))).collect();
     let cap_dir = out.join("figures/captions");
     let stem = |p: &PathBuf| p.file_stem().unwrap().to_string_lossy().into_owned();
@@ -444,14 +451,7 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
             s(&figures.join("posembed.npy")),
         ],
     )?;
-    let curves_dir = out.join("compare");
-    let curves = curves_dir.join("val_curves.png");
-    r.step(
-        "learning curves",
-        &[summary_path.clone()],
-        &[curves.clone()],
-        &["compare".into(), s(&vit), "--out".into(), s(&curves_dir)],
-    )?;
+    let curves = r.learning_curves("learning curves", &vit, &out.join("compare"))?;
     // Attention figures: three validation images (the named ones on the real data).
     let shown: Vec<PathBuf> = if synthetic {
         (0..3).map(|c| val_dir.join(format!("{c}_{c:05}.jpg"))).collect()
