@@ -31,6 +31,9 @@ pub struct ReproduceArgs {
     /// Backend feature gaze is built with: cpu (flex), tch or cuda.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "tch", "cuda"])]
     backend: String,
+    /// Python whose torch 2.9.0 the `tch` backend builds and runs against.
+    #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
+    python: PathBuf,
     /// Device for every gaze step (e.g. tch-cuda to run the tch build on a GPU).
     #[arg(long, default_value = "auto")]
     device: String,
@@ -62,13 +65,22 @@ pub fn up_to_date(outputs: &[PathBuf], inputs: &[PathBuf]) -> bool {
 
 struct Runner {
     gaze: PathBuf,
+    /// Extra environment of every gaze run (libtorch's library path for `tch`).
+    env: Vec<(String, String)>,
     device: String,
     done: usize,
     skipped: usize,
 }
 
 /// gaze commands that take `--device`.
-const ON_DEVICE: [&str; 5] = ["train", "eval", "predict", "attention", "caption"];
+const ON_DEVICE: [&str; 6] = [
+    "train",
+    "caption-train",
+    "eval",
+    "predict",
+    "attention",
+    "caption",
+];
 
 impl Runner {
     fn step(&mut self, name: &str, inputs: &[PathBuf], outputs: &[PathBuf], args: &[String]) -> Result<()> {
@@ -85,6 +97,7 @@ impl Runner {
         let started = Instant::now();
         let status = Command::new(&self.gaze)
             .args(&args)
+            .envs(self.env.iter().cloned())
             .status()
             .with_context(|| format!("could not start {}", self.gaze.display()))?;
         if !status.success() {
@@ -99,9 +112,7 @@ impl Runner {
         self.done += 1;
         Ok(())
     }
-}
 
-impl Runner {
     /// `gaze compare` of one run folder: its validation curve, `dir/val_curves.png`.
     fn learning_curves(&mut self, name: &str, run: &Path, dir: &Path) -> Result<PathBuf> {
         let curves = dir.join("val_curves.png");
@@ -119,9 +130,11 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn build_gaze(root: &Path, backend: &str, release: bool) -> Result<PathBuf> {
+fn build_gaze(root: &Path, backend: &str, release: bool, env: &[(String, String)]) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root).args(["build", "-p", "gaze-cli"]);
+    cmd.current_dir(root)
+        .args(["build", "-p", "gaze-cli"])
+        .envs(env.iter().cloned());
     if release {
         cmd.arg("--release");
     }
@@ -349,9 +362,15 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     let started = Instant::now();
     let out = root.join(&args.out);
     std::fs::create_dir_all(&out)?;
-    let gaze = build_gaze(root, &args.backend, args.release)?;
+    let env = if args.backend == "tch" {
+        crate::libtorch_env(&args.python)?
+    } else {
+        Vec::new()
+    };
+    let gaze = build_gaze(root, &args.backend, args.release, &env)?;
     let mut r = Runner {
         gaze: gaze.clone(),
+        env,
         device: args.device.clone(),
         done: 0,
         skipped: 0,
