@@ -260,16 +260,27 @@ impl ResNet {
     pub fn calibrated(self, images: Tensor<4>) -> Self {
         let (bn1, x) = self.bn1.calibrated(self.conv1.forward(images));
         let mut x = self.maxpool.forward(relu(x));
-        let mut layer = |blocks: Vec<Bottleneck>| -> Vec<Bottleneck> {
-            blocks
-                .into_iter()
-                .map(|block| {
-                    let (block, y) = block.calibrated(x.clone());
-                    x = y;
-                    block
-                })
-                .collect()
-        };
+        Self { bn1, ..self }.map_blocks(|block| {
+            let (block, y) = block.calibrated(x.clone());
+            x = y;
+            block
+        })
+    }
+
+    /// For training from scratch, where there are no ImageNet statistics to freeze: batch
+    /// norms train as torchvision trains a ResNet (batch statistics, trainable affine, the
+    /// convolutions have no biases); [`ResNet::calibrated`] freezes them afterwards.
+    pub fn for_training(self) -> Self {
+        Self {
+            bn1: self.bn1.for_training(),
+            ..self
+        }
+        .map_blocks(Bottleneck::for_training)
+    }
+
+    /// Every block replaced by `f(block)`, in forward order.
+    fn map_blocks(self, mut f: impl FnMut(Bottleneck) -> Bottleneck) -> Self {
+        let mut layer = |blocks: Vec<Bottleneck>| blocks.into_iter().map(&mut f).collect();
         let (layer1, layer2, layer3, layer4) = (
             layer(self.layer1),
             layer(self.layer2),
@@ -277,26 +288,10 @@ impl ResNet {
             layer(self.layer4),
         );
         Self {
-            bn1,
             layer1,
             layer2,
             layer3,
             layer4,
-            ..self
-        }
-    }
-
-    /// For training from scratch, where there are no ImageNet statistics to freeze: batch
-    /// norms train as torchvision trains a ResNet (batch statistics, trainable affine, the
-    /// convolutions have no biases); [`ResNet::calibrated`] freezes them afterwards.
-    pub fn for_training(self) -> Self {
-        let layer = |blocks: Vec<Bottleneck>| blocks.into_iter().map(Bottleneck::for_training).collect();
-        Self {
-            bn1: self.bn1.for_training(),
-            layer1: layer(self.layer1),
-            layer2: layer(self.layer2),
-            layer3: layer(self.layer3),
-            layer4: layer(self.layer4),
             ..self
         }
     }
