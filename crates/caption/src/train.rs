@@ -414,6 +414,8 @@ pub fn train_captioner(
     let batches = train.names.len().div_ceil(batch_size);
     let total_steps = batches * config.schedule.epochs;
     let mut steps_this_run = 0;
+    // The inference model of the last epoch trained in this call, for the final scores.
+    let mut last_inference = None;
     while state.epoch < config.schedule.epochs {
         let epoch = state.epoch;
         let order = epoch_order(train.names.len(), config.run.seed, epoch);
@@ -480,10 +482,12 @@ pub fn train_captioner(
             seconds: state.seconds,
         };
         observer.epoch(&row);
+        let mut rows = std::mem::take(&mut state.rows);
+        rows.push(row);
         state = CaptionRunState {
             epoch: epoch + 1,
             step: state.step,
-            rows: [std::mem::take(&mut state.rows), vec![row]].concat(),
+            rows,
             seconds: state.seconds,
             ..CaptionRunState::default()
         };
@@ -491,9 +495,12 @@ pub fn train_captioner(
             .map_err(|e| io_err(&out.join("model.safetensors"), e))?;
         save_checkpoint(out, &model, &optim, &state)?;
         write_metrics(out, &state.rows)?;
+        last_inference = Some(inference);
     }
     observer.message("scoring greedy captions on the validation scenes");
-    let scores = score_captions(&for_inference(&model, &train, device), &catr, &val, device);
+    // Resuming a finished run trains nothing: its model is rebuilt from the checkpoint.
+    let inference = last_inference.unwrap_or_else(|| for_inference(&model, &train, device));
+    let scores = score_captions(&inference, &catr, &val, device);
     let summary = CaptionSummary {
         train_images: train.names.len(),
         epochs: config.schedule.epochs,
