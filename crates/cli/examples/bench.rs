@@ -15,6 +15,9 @@ use gaze_caption::CatrConfig;
 use gaze_vit::train::{OptimSection, OptimizerKind, build_optimizer, cross_entropy};
 use gaze_vit::{VitConfig, parse_device};
 
+#[path = "../src/allocator.rs"]
+mod allocator;
+
 fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
@@ -56,6 +59,7 @@ fn caption_127(device: &burn::tensor::Device, repeats: usize) {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let device =
         parse_device(&std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "auto".into())).expect("device");
     let repeats: usize = std::env::var("BENCH_REPEATS")

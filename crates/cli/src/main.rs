@@ -2,6 +2,7 @@
 //!
 //! A thin binary: each subcommand parses its arguments and calls the libraries.
 
+mod allocator;
 mod caption;
 mod classify;
 mod figures;
@@ -35,6 +36,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Predict(args) => classify::predict(args),

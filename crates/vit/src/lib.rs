@@ -16,6 +16,7 @@ mod config;
 mod device;
 pub mod explain;
 pub mod infer;
+pub mod kernels;
 pub mod metrics;
 mod model;
 mod pos_embed;

@@ -5,12 +5,11 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
+use crate::kernels::{attention, gelu};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
 fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -84,7 +83,7 @@ impl Attention {
     /// Fused scaled-dot-product attention; the backend may never materialise the weights.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [q, k, v] = self.qkv(x);
-        let context = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let context = attention(q, k, v);
         self.merge_heads(context)
     }
 

@@ -1,0 +1,351 @@
+//! CPU kernels for the two operations where burn's pure-Rust `flex` backend loses most of its
+//! time against PyTorch in a ViT forward pass (`docs/benchmarks.md` has the profile):
+//!
+//! * [`gelu`]: `flex` evaluates the exact (erf) GELU one scalar at a time on one thread
+//!   (`libm::erff`); here it is a vectorisable rational erf on every core.
+//! * [`attention`]: at 577 tokens `flex` takes its tiled "flash" path, whose 64-key tiles keep
+//!   gemm far from its peak and whose softmax calls scalar `expf`; here each (image, head)
+//!   is two whole gemm calls around a vectorised softmax, heads spread over the cores.
+//!
+//! Both take the fast path only for `f32` tensors on a `flex` device outside autodiff, and
+//! otherwise call burn's own operation, so results never depend on which path ran beyond
+//! rounding (the tests at the bottom bound the difference). Training keeps burn's ops, whose
+//! backward passes autodiff knows.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation;
+use burn::tensor::module;
+use burn::tensor::ops::AttentionModuleOptions;
+
+/// Exact GELU, `x * Φ(x)`, as `torch.nn.GELU()` (timm's MLP) computes it.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if flex::admits(&x) {
+        return flex::gelu(x);
+    }
+    activation::gelu(x)
+}
+
+/// `softmax(q kᵀ / sqrt(head_dim)) v` without a mask, for `[batch, heads, tokens, head_dim]`
+/// queries, keys and values (keys and values may have another token count than queries).
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if flex::admits(&q) && flex::admits(&k) && flex::admits(&v) {
+        return flex::attention(q, k, v);
+    }
+    module::attention(q, k, v, None, None, AttentionModuleOptions::default())
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::*;
+    use burn::tensor::{DType, Device, TensorData};
+    use rayon::prelude::*;
+
+    pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+        let device = x.device();
+        let (mut values, shape) = into_values(x);
+        values.par_chunks_mut(CHUNK).for_each(gelu_slice);
+        from_values(values, shape, &device)
+    }
+
+    pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+        let device = q.device();
+        let [batch, heads, queries, head_dim] = q.dims();
+        let [_, _, keys, value_dim] = v.dims();
+        let (q, _) = into_values(q);
+        let (k, _) = into_values(k);
+        let (v, _) = into_values(v);
+        let scale = (head_dim as f32).powf(-0.5);
+        let mut out = vec![0f32; batch * heads * queries * value_dim];
+        out.par_chunks_mut(queries * value_dim).enumerate().for_each_init(
+            || vec![0f32; queries * keys],
+            |scores, (pair, out)| {
+                let q = &q[pair * queries * head_dim..][..queries * head_dim];
+                let k = &k[pair * keys * head_dim..][..keys * head_dim];
+                let v = &v[pair * keys * value_dim..][..keys * value_dim];
+                // scores[queries, keys] = scale * q kᵀ
+                // SAFETY: every slice holds exactly the rows x columns its strides address.
+                unsafe {
+                    gemm::gemm(
+                        queries,
+                        keys,
+                        head_dim,
+                        scores.as_mut_ptr(),
+                        1,
+                        keys as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        head_dim as isize,
+                        k.as_ptr(),
+                        head_dim as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                softmax_rows(scores, keys);
+                // out[queries, value_dim] = scores v
+                // SAFETY: as above.
+                unsafe {
+                    gemm::gemm(
+                        queries,
+                        value_dim,
+                        keys,
+                        out.as_mut_ptr(),
+                        1,
+                        value_dim as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        keys as isize,
+                        v.as_ptr(),
+                        1,
+                        value_dim as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+        from_values(out, [batch, heads, queries, value_dim], &device)
+    }
+
+    /// Elements per parallel task of an element-wise kernel: large enough to amortise the task,
+    /// small enough to spread a ViT-S activation over many.
+    const CHUNK: usize = 1 << 14;
+
+    /// Whether `x` is an `f32` tensor on the `flex` device with no autodiff graph to extend.
+    pub fn admits<const D: usize>(x: &Tensor<D>) -> bool {
+        x.dtype() == DType::F32 && !x.is_autodiff() && x.device() == Device::flex()
+    }
+
+    fn into_values<const D: usize>(x: Tensor<D>) -> (Vec<f32>, [usize; D]) {
+        let shape = x.dims();
+        let values = x
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("admits() lets f32 tensors through only");
+        (values, shape)
+    }
+
+    fn from_values<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+}
+
+/// Softmax of one row in place, in passes that each vectorise.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = fold_lanes(row, f32::NEG_INFINITY, |m, x| if x > m { x } else { m });
+    row.iter_mut().for_each(|x| *x = exp(*x - max));
+    let inv_sum = 1.0 / fold_lanes(row, 0.0, |sum, x| sum + x);
+    row.iter_mut().for_each(|x| *x *= inv_sum);
+}
+
+/// A reduction over eight interleaved accumulators: the compiler may not reorder a float fold
+/// by itself, and a single accumulator never vectorises.
+#[inline(always)]
+fn fold_lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(init, |acc, &x| f(acc, x));
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = f(*lane, x);
+        }
+    }
+    lanes.into_iter().fold(tail, &f)
+}
+
+/// `0.5 x (1 + erf(x / √2))`.
+#[inline(always)]
+fn gelu_one(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// erf as the odd rational function `x P(x²) / Q(x²)` on `[-4, 4]`, where f32 erf reaches ±1
+/// (coefficients of Eigen's and XLA's `erf` for float; largest error 4.2e-7, measured against
+/// Python's `math.erf` on 200,001 points in `[-6, 6]`). No branches, so loops vectorise.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    for c in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600e-3,
+        -1.609_603_3e-2,
+    ] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5_f32;
+    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2] {
+        q = q * x2 + c;
+    }
+    x * p / q
+}
+
+/// eˣ by Cephes' `expf`: `x = n ln2 + r` with `|r| ≤ ln2 / 2`, a degree-6 polynomial for eʳ,
+/// and `2ⁿ` written into the exponent bits (relative error about 2e-7; 0 below -87.3, where
+/// f32 stops being normal). Selects instead of branches, so loops vectorise.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOWEST: f32 = -87.336_54;
+    let clamped = x.clamp(LOWEST, 88.376_26);
+    // Round to nearest by the 1.5 * 2^23 trick: `round()` does not vectorise everywhere.
+    const ROUND: f32 = 12_582_912.0;
+    let rounded = clamped * std::f32::consts::LOG2_E + ROUND;
+    let n = rounded - ROUND;
+    let r = clamped - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = p * r + c;
+    }
+    let er = p * r * r + r + 1.0;
+    // The low mantissa bits of `rounded` hold n in two's complement (|n| < 2^22); shifting
+    // n + 127 into the exponent field builds 2ⁿ with integer ops only (a float-to-int cast
+    // would not vectorise). n is in [-126, 127], so the exponent is a normal one.
+    let two_n = f32::from_bits(rounded.to_bits().wrapping_add(127) << 23);
+    if x < LOWEST { 0.0 } else { er * two_n }
+}
+
+/// Defines `fn $name(args)` whose body is compiled twice: for AVX2 + FMA, taken when the CPU
+/// has them (checked at run time), and for the target's baseline. The body's helpers must be
+/// `#[inline(always)]` (so they are compiled into each copy) and called directly, not passed
+/// as closures or function items, which may be compiled once, for the baseline.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// [`gelu_one`] of every element, in place.
+    fn gelu_slice(xs: &mut [f32]) {
+        for x in xs {
+            *x = gelu_one(*x);
+        }
+    }
+}
+
+multiversion! {
+    /// [`softmax_row`] of each `keys`-long row, in place.
+    fn softmax_rows(scores: &mut [f32], keys: usize) {
+        for row in scores.chunks_exact_mut(keys) {
+            softmax_row(row);
+        }
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    fn flex() -> Device {
+        let device = Device::flex();
+        device.seed(7);
+        device
+    }
+
+    #[test]
+    fn exp_and_erf_match_the_standard_library() {
+        for i in -8700..=8800 {
+            let x = i as f32 * 0.01;
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            assert!((got - want).abs() <= 4e-7 * want, "exp({x}) = {got}, want {want}");
+        }
+        assert_eq!(exp(-100.0), 0.0);
+        // erf(x) = 1 - erfc(x); erfc by its continued fraction would be overkill: compare with
+        // the integral's series, exact to f64 for |x| ≤ 3 and then erf is 1 to 4e-5 at most.
+        for i in -300..=300 {
+            let x = i as f64 * 0.01;
+            let mut term = x;
+            let mut sum = x;
+            for n in 1..200 {
+                term *= -x * x / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            let want = sum * 2.0 / std::f64::consts::PI.sqrt();
+            let got = erf(x as f32) as f64;
+            assert!((got - want).abs() < 5e-7, "erf({x}) = {got}, want {want}");
+        }
+        assert!((erf(10.0) - 1.0).abs() <= 2e-7 && (erf(-10.0) + 1.0).abs() <= 2e-7);
+    }
+
+    #[test]
+    fn gelu_equals_burns_gelu() {
+        let device = flex();
+        let x = Tensor::<3>::random([3, 7, 1000], Distribution::Normal(0.0, 3.0), &device);
+        let expected = activation::gelu(x.clone()).into_data();
+        // erf's 4.2e-7 times |x| / 2 up to |x| = 4√2 (1.2e-6), plus rounding.
+        gelu(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected, Tolerance::absolute(2e-6));
+    }
+
+    #[test]
+    fn attention_equals_burns_attention() {
+        let device = flex();
+        // Non-contiguous inputs (as the ViT's head split makes them), keys != queries.
+        let q = Tensor::<4>::random([2, 5, 3, 16], Distribution::Normal(0.0, 2.0), &device).swap_dims(1, 2);
+        let k = Tensor::<4>::random([2, 9, 3, 16], Distribution::Normal(0.0, 2.0), &device).swap_dims(1, 2);
+        let v = Tensor::<4>::random([2, 3, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+        let expected = module::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        )
+        .into_data();
+        attention(q, k, v)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn autodiff_tensors_take_burns_path() {
+        let device = flex().autodiff();
+        let x = Tensor::<2>::random([4, 4], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        assert!(!flex::admits(&x));
+        let y = gelu(x.clone()).sum();
+        let grads = y.backward();
+        assert!(
+            x.grad(&grads).is_some(),
+            "gelu must stay differentiable under autodiff"
+        );
+        assert!(flex::admits(&Tensor::<2>::zeros([1, 1], &flex())));
+    }
+}
