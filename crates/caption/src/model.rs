@@ -9,6 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::CatrConfig;
 use crate::backbone::ResNet;
 use crate::transformer::{DecoderLayer, EncoderLayer, causal_mask, sine_position};
+use gaze_vit::kernels::PreparedLinear;
 
 /// `[CLS]`, the first input token, and `[SEP]`, which ends a caption (hard-coded upstream).
 pub const CLS: usize = 101;
@@ -133,10 +134,15 @@ impl Caption {
 
     /// Logits `[batch, len, vocab]` of the head for decoder output `t` `[batch, len, d]`.
     fn head(&self, t: Tensor<3>) -> Tensor<3> {
+        let [a, b, c] = self.head_layers();
+        c.forward(relu(b.forward(relu(a.forward(t)))))
+    }
+
+    fn head_layers(&self) -> [&Linear; 3] {
         let [a, b, c] = &self.mlp.layers[..] else {
             panic!("CATR's head has three layers")
         };
-        c.forward(relu(b.forward(relu(a.forward(t)))))
+        [a, b, c]
     }
 
     /// Teacher forcing, as in training: `images` `[batch, 3, h, w]` (one size) and the input
@@ -187,6 +193,8 @@ impl Caption {
         let (mut tokens, mut attention, mut first_logits) = (Vec::new(), Vec::new(), Vec::new());
         let mut token = CLS;
         let max_steps = max_tokens.min(positions.dims()[0] - 1);
+        // One token at a time, the head's 30522-word layer is a read of its 62 MB weight.
+        let [a, b, c] = self.head_layers().map(PreparedLinear::new);
         for step in 0..max_steps {
             let qpos = positions.clone().narrow(0, step, 1).reshape([1, 1, d]);
             let word = words.clone().narrow(0, token, 1).reshape([1, 1, d]);
@@ -198,7 +206,8 @@ impl Caption {
                 t = out;
                 weights = Some(w);
             }
-            let logits = self.head(decoder.norm.forward(t));
+            let t = decoder.norm.forward(t);
+            let logits = c.forward(relu(b.forward(relu(a.forward(t)))));
             let logits: Vec<f32> = logits
                 .into_data()
                 .convert::<f32>()
