@@ -1,18 +1,19 @@
 //! CPU kernels for the two operations where burn's pure-Rust `flex` backend loses most of its
 //! time against PyTorch in a ViT forward pass (`docs/benchmarks.md` has the profile):
 //!
-//! * [`gelu`]: `flex` evaluates the exact (erf) GELU one scalar at a time on one thread
-//!   (`libm::erff`); here it is a vectorisable rational erf on every core.
+//! * [`gelu`]: `flex` evaluates the exact (erf) GELU, and its derivative, one scalar at a time
+//!   on one thread (`libm::erff`); here both are a vectorisable rational erf on every core,
+//!   registered as a burn backend extension with its own backward, so training uses it too.
 //! * [`attention`]: at 577 tokens `flex` takes its tiled "flash" path, whose 64-key tiles keep
 //!   gemm far from its peak and whose softmax calls scalar `expf`; here each (image, head)
 //!   is two whole gemm calls around a vectorised softmax, heads spread over the cores.
 //! * [`PreparedLinear`]: a linear layer applied to one row at a time (greedy decoding) is
 //!   bound by reading its weight; `flex` reads it on one core, here every core reads a slice.
 //!
-//! Both take the fast path only for `f32` tensors on a `flex` device outside autodiff, and
-//! otherwise call burn's own operation, so results never depend on which path ran beyond
-//! rounding (the tests at the bottom bound the difference). Training keeps burn's ops, whose
-//! backward passes autodiff knows.
+//! The fast paths run for `f32` tensors on the `flex` device (attention and `PreparedLinear`
+//! only outside autodiff, having no backward); anything else calls burn's own operation, so
+//! results never depend on which path ran beyond rounding (the tests at the bottom bound the
+//! difference).
 
 use burn::nn::Linear;
 use burn::tensor::Tensor;
@@ -23,8 +24,9 @@ use burn::tensor::ops::AttentionModuleOptions;
 /// Exact GELU, `x * Φ(x)`, as `torch.nn.GELU()` (timm's MLP) computes it.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if flex::admits(&x) {
-        return flex::gelu(x);
+    if flex::on_flex(&x) {
+        use burn::backend::Dispatch;
+        return Tensor::from_dispatch(<Dispatch as flex::ErfGelu>::erf_gelu(x.into_dispatch()));
     }
     activation::gelu(x)
 }
@@ -80,14 +82,72 @@ impl<'a> PreparedLinear<'a> {
 #[cfg(feature = "flex")]
 mod flex {
     use super::*;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::backend::tensor::FloatTensor;
+    use burn::backend::{Autodiff, Backend, Flex, backend_extension};
     use burn::tensor::{DType, Device, TensorData};
     use rayon::prelude::*;
 
-    pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-        let device = x.device();
-        let (mut values, shape) = into_values(x);
-        values.par_chunks_mut(CHUNK).for_each(gelu_slice);
-        from_values(values, shape, &device)
+    /// GELU as a backend extension: `Flex` runs the kernel, `Autodiff<Flex>` records
+    /// [`GeluBackward`] around it.
+    #[backend_extension(Flex, Autodiff)]
+    pub trait ErfGelu: Backend {
+        fn erf_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    }
+
+    impl ErfGelu for Flex {
+        fn erf_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (mut values, shape) = flex_values(x);
+            values.par_chunks_mut(CHUNK).for_each(gelu_slice);
+            FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
+        }
+    }
+
+    impl<C: CheckpointStrategy> ErfGelu for Autodiff<Flex, C> {
+        fn erf_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            match GeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let input = x.into_primitive();
+                    prep.finish(input.clone(), Flex::erf_gelu(input))
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::erf_gelu(x.into_primitive())),
+            }
+        }
+    }
+
+    /// `grad * GELU'(x)`, keeping the input `x` as its state.
+    #[derive(Debug)]
+    struct GeluBackward;
+
+    impl Backward<Flex, 1> for GeluBackward {
+        type State = FloatTensor<Flex>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let x = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                let (x, _) = flex_values(x);
+                let (mut grad, shape) = flex_values(grad);
+                grad.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(grad, x)| gelu_backward_slice(grad, x));
+                FloatTensor::<Flex>::from_data(TensorData::new(grad, shape))
+            });
+        }
+    }
+
+    /// The values of a `flex` tensor in row-major order (no copy when it is contiguous and
+    /// not shared) and its shape.
+    fn flex_values(x: FloatTensor<Flex>) -> (Vec<f32>, Vec<usize>) {
+        let data = x.into_data();
+        let shape = data.shape().to_vec();
+        (
+            data.try_into_vec::<f32>()
+                .expect("on_flex() lets f32 tensors through only"),
+            shape,
+        )
     }
 
     pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
@@ -215,9 +275,14 @@ mod flex {
         }
     }
 
+    /// Whether `x` is an `f32` tensor on the `flex` device, with autodiff or without.
+    pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+        x.dtype() == DType::F32 && x.device().inner() == Device::flex()
+    }
+
     /// Whether `x` is an `f32` tensor on the `flex` device with no autodiff graph to extend.
     pub fn admits<const D: usize>(x: &Tensor<D>) -> bool {
-        x.dtype() == DType::F32 && !x.is_autodiff() && x.device() == Device::flex()
+        on_flex(x) && !x.is_autodiff()
     }
 
     fn into_values<const D: usize>(x: Tensor<D>) -> (Vec<f32>, [usize; D]) {
@@ -349,6 +414,17 @@ multiversion! {
 }
 
 multiversion! {
+    /// `grad *= GELU'(x) = Φ(x) + x φ(x)`, element by element.
+    fn gelu_backward_slice(grad: &mut [f32], x: &[f32]) {
+        for (grad, &x) in grad.iter_mut().zip(x) {
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = exp(-0.5 * x * x) * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+            *grad *= cdf + x * pdf;
+        }
+    }
+}
+
+multiversion! {
     /// [`softmax_row`] of each `keys`-long row, in place.
     fn softmax_rows(scores: &mut [f32], keys: usize) {
         for row in scores.chunks_exact_mut(keys) {
@@ -455,15 +531,28 @@ mod tests {
     }
 
     #[test]
-    fn autodiff_tensors_take_burns_path() {
+    fn gelu_gradient_equals_burns() {
         let device = flex().autodiff();
-        let x = Tensor::<2>::random([4, 4], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        assert!(!flex::admits(&x));
-        let y = gelu(x.clone()).sum();
-        let grads = y.backward();
+        // Wide enough for several parallel chunks, and a weighting so each gradient differs.
+        let x = Tensor::<2>::random([3, 20000], Distribution::Normal(0.0, 3.0), &device);
+        let w = Tensor::<2>::random([3, 20000], Distribution::Normal(0.0, 1.0), &device);
+        let grad_of = |f: fn(Tensor<2>) -> Tensor<2>| {
+            let x = x.clone().require_grad();
+            let y = f(x.clone());
+            let grads = (y.clone() * w.clone()).sum().backward();
+            (
+                y.inner().into_data(),
+                x.grad(&grads).expect("x is tracked").into_data(),
+            )
+        };
+        let (y, dx) = grad_of(gelu);
+        let (y_burn, dx_burn) = grad_of(activation::gelu);
+        y.assert_approx_eq::<f32>(&y_burn, Tolerance::absolute(2e-6));
+        // Φ(x) is off by erf's 4.2e-7 / 2, x φ(x) by exp's 2e-7 relative; |w| < 5 or so.
+        dx.assert_approx_eq::<f32>(&dx_burn, Tolerance::absolute(2e-6));
         assert!(
-            x.grad(&grads).is_some(),
-            "gelu must stay differentiable under autodiff"
+            flex::on_flex(&x) && !flex::admits(&x),
+            "autodiff tensors: GELU yes, attention no"
         );
         assert!(flex::admits(&Tensor::<2>::zeros([1, 1], &flex())));
     }
