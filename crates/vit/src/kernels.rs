@@ -35,8 +35,10 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// queries, keys and values (keys and values may have another token count than queries).
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    if flex::admits(&q) && flex::admits(&k) && flex::admits(&v) {
-        return flex::attention(q, k, v);
+    if flex::on_flex(&q) && flex::on_flex(&k) && flex::on_flex(&v) {
+        use burn::backend::Dispatch;
+        let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
+        return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(q, k, v));
     }
     module::attention(q, k, v, None, None, AttentionModuleOptions::default())
 }
@@ -90,6 +92,7 @@ mod flex {
     use burn::backend::{Autodiff, Backend, Flex, backend_extension};
     use burn::tensor::{DType, Device, TensorData};
     use rayon::prelude::*;
+    use std::sync::Arc;
 
     /// GELU as a backend extension: `Flex` runs the kernel, `Autodiff<Flex>` records
     /// [`GeluBackward`] around it.
@@ -138,6 +141,10 @@ mod flex {
         }
     }
 
+    /// Elements per parallel task of an element-wise kernel: large enough to amortise the
+    /// task, small enough to spread a ViT-S activation over many.
+    const CHUNK: usize = 1 << 14;
+
     /// The values of a `flex` tensor in row-major order (no copy when it is contiguous and
     /// not shared) and its shape.
     fn flex_values(x: FloatTensor<Flex>) -> (Vec<f32>, Vec<usize>) {
@@ -150,80 +157,232 @@ mod flex {
         )
     }
 
-    pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-        let device = q.device();
-        let [batch, heads, queries, head_dim] = q.dims();
-        let [_, _, keys, value_dim] = v.dims();
-        let (q, _) = into_values(q);
-        let (k, _) = into_values(k);
-        let (v, _) = into_values(v);
-        let scale = (head_dim as f32).powf(-0.5);
-        let mut out = vec![0f32; batch * heads * queries * value_dim];
-        out.par_chunks_mut(queries * value_dim).enumerate().for_each_init(
-            || vec![0f32; queries * keys],
-            |scores, (pair, out)| {
-                let q = &q[pair * queries * head_dim..][..queries * head_dim];
-                let k = &k[pair * keys * head_dim..][..keys * head_dim];
-                let v = &v[pair * keys * value_dim..][..keys * value_dim];
-                // scores[queries, keys] = scale * q kᵀ
-                // SAFETY: every slice holds exactly the rows x columns its strides address.
-                unsafe {
-                    gemm::gemm(
-                        queries,
-                        keys,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        keys as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        head_dim as isize,
-                        k.as_ptr(),
-                        head_dim as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                softmax_rows(scores, keys);
-                // out[queries, value_dim] = scores v
-                // SAFETY: as above.
-                unsafe {
-                    gemm::gemm(
-                        queries,
-                        value_dim,
-                        keys,
-                        out.as_mut_ptr(),
-                        1,
-                        value_dim as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        keys as isize,
-                        v.as_ptr(),
-                        1,
-                        value_dim as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            },
-        );
-        from_values(out, [batch, heads, queries, value_dim], &device)
+    /// Attention as a backend extension: `Flex` runs [`attention_forward`], `Autodiff<Flex>`
+    /// keeps the probabilities for [`AttentionBackward`].
+    #[backend_extension(Flex, Autodiff)]
+    pub trait SdpAttention: Backend {
+        fn sdp_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+        ) -> FloatTensor<Self>;
     }
 
-    /// Elements per parallel task of an element-wise kernel: large enough to amortise the task,
-    /// small enough to spread a ViT-S activation over many.
-    const CHUNK: usize = 1 << 14;
+    impl SdpAttention for Flex {
+        fn sdp_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            let inputs = AttentionInputs::new(q, k, v);
+            let (out, _) = attention_forward(&inputs, false);
+            inputs.output(out)
+        }
+    }
+
+    impl<C: CheckpointStrategy> SdpAttention for Autodiff<Flex, C> {
+        fn sdp_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            let nodes = [q.node(), k.node(), v.node()];
+            let inputs = AttentionInputs::new(q.into_primitive(), k.into_primitive(), v.into_primitive());
+            match AttentionBackward.prepare::<C>(nodes).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let (out, probabilities) = attention_forward(&inputs, true);
+                    let out = inputs.output(out);
+                    prep.finish((Arc::new(inputs), Arc::new(probabilities)), out)
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (out, _) = attention_forward(&inputs, false);
+                    prep.finish(inputs.output(out))
+                }
+            }
+        }
+    }
+
+    /// Queries `[pairs, queries, head_dim]`, keys `[pairs, keys, head_dim]` and values
+    /// `[pairs, keys, value_dim]` as contiguous values, a pair being one (image, head).
+    #[derive(Debug)]
+    pub struct AttentionInputs {
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        /// `[batch, heads]` of the inputs' shape.
+        batch_heads: [usize; 2],
+        queries: usize,
+        keys: usize,
+        head_dim: usize,
+        value_dim: usize,
+    }
+
+    impl AttentionInputs {
+        fn new(q: FloatTensor<Flex>, k: FloatTensor<Flex>, v: FloatTensor<Flex>) -> Self {
+            let (q, q_shape) = flex_values(q);
+            let (k, k_shape) = flex_values(k);
+            let (v, v_shape) = flex_values(v);
+            let [batch, heads, queries, head_dim] = q_shape[..] else {
+                panic!("attention takes [batch, heads, tokens, dim] tensors, got {q_shape:?}")
+            };
+            assert_eq!(
+                k_shape[..3],
+                [batch, heads, v_shape[2]],
+                "keys and values disagree"
+            );
+            assert_eq!(k_shape[3], head_dim, "queries and keys disagree");
+            Self {
+                q,
+                k,
+                v,
+                batch_heads: [batch, heads],
+                queries,
+                keys: k_shape[2],
+                head_dim,
+                value_dim: v_shape[3],
+            }
+        }
+
+        fn scale(&self) -> f32 {
+            (self.head_dim as f32).powf(-0.5)
+        }
+
+        fn output(&self, out: Vec<f32>) -> FloatTensor<Flex> {
+            let [batch, heads] = self.batch_heads;
+            let shape = [batch, heads, self.queries, self.value_dim];
+            FloatTensor::<Flex>::from_data(TensorData::new(out, shape))
+        }
+    }
+
+    /// `softmax(scale q kᵀ) v` per pair, heads spread over the cores; with `keep`, also the
+    /// probabilities `[pairs, queries, keys]` (for the backward pass).
+    fn attention_forward(x: &AttentionInputs, keep: bool) -> (Vec<f32>, Vec<f32>) {
+        let (nq, nk, d, dv) = (x.queries, x.keys, x.head_dim, x.value_dim);
+        let pairs = x.batch_heads[0] * x.batch_heads[1];
+        let mut out = vec![0f32; pairs * nq * dv];
+        let mut kept = vec![0f32; if keep { pairs * nq * nk } else { 0 }];
+        let mut kept_chunks: Vec<Option<&mut [f32]>> = if keep {
+            kept.chunks_mut(nq * nk).map(Some).collect()
+        } else {
+            (0..pairs).map(|_| None).collect()
+        };
+        out.par_chunks_mut(nq * dv)
+            .zip(kept_chunks.par_iter_mut())
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; if keep { 0 } else { nq * nk }],
+                |scratch, (pair, (out, kept))| {
+                    let scores: &mut [f32] = match kept {
+                        Some(kept) => kept,
+                        None => scratch,
+                    };
+                    let q = &x.q[pair * nq * d..][..nq * d];
+                    let k = &x.k[pair * nk * d..][..nk * d];
+                    let v = &x.v[pair * nk * dv..][..nk * dv];
+                    // scores = scale q kᵀ
+                    matmul(scores, [nq, nk, d], (q, 1, d), (k, d, 1), x.scale());
+                    softmax_rows(scores, nk);
+                    // out = scores v
+                    matmul(out, [nq, dv, nk], (scores, 1, nk), (v, 1, dv), 1.0);
+                },
+            );
+        (out, kept)
+    }
+
+    /// The gradients of queries, keys and values from the output's, given the inputs and the
+    /// softmax probabilities P:
+    /// `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP))`, `dQ = scale dS K`,
+    /// `dK = scale dSᵀ Q`.
+    #[derive(Debug)]
+    struct AttentionBackward;
+
+    impl Backward<Flex, 3> for AttentionBackward {
+        type State = (Arc<AttentionInputs>, Arc<Vec<f32>>);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (x, probabilities) = ops.state;
+            let (grad_out, _) = flex_values(grads.consume::<Flex>(&ops.node));
+            let (nq, nk, d, dv) = (x.queries, x.keys, x.head_dim, x.value_dim);
+            let pairs = x.batch_heads[0] * x.batch_heads[1];
+            let mut dq = vec![0f32; pairs * nq * d];
+            let mut dk = vec![0f32; pairs * nk * d];
+            let mut dv_all = vec![0f32; pairs * nk * dv];
+            dq.par_chunks_mut(nq * d)
+                .zip(dk.par_chunks_mut(nk * d))
+                .zip(dv_all.par_chunks_mut(nk * dv))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; nq * nk],
+                    |ds, (pair, ((dq, dk), dv_out))| {
+                        let q = &x.q[pair * nq * d..][..nq * d];
+                        let k = &x.k[pair * nk * d..][..nk * d];
+                        let v = &x.v[pair * nk * dv..][..nk * dv];
+                        let p = &probabilities[pair * nq * nk..][..nq * nk];
+                        let d_out = &grad_out[pair * nq * dv..][..nq * dv];
+                        // dV = Pᵀ dO
+                        matmul(dv_out, [nk, dv, nq], (p, nk, 1), (d_out, 1, dv), 1.0);
+                        // dP = dO Vᵀ, then dS in place
+                        matmul(ds, [nq, nk, dv], (d_out, 1, dv), (v, dv, 1), 1.0);
+                        softmax_backward_rows(ds, p, nk);
+                        // dQ = scale dS K, dK = scale dSᵀ Q
+                        matmul(dq, [nq, d, nk], (ds, 1, nk), (k, 1, d), x.scale());
+                        matmul(dk, [nk, d, nq], (ds, nk, 1), (q, 1, d), x.scale());
+                    },
+                );
+            let [batch, heads] = x.batch_heads;
+            let tensor = |values: Vec<f32>, tokens: usize, dim: usize| {
+                FloatTensor::<Flex>::from_data(TensorData::new(values, [batch, heads, tokens, dim]))
+            };
+            let [parent_q, parent_k, parent_v] = ops.parents;
+            for (parent, grad) in [
+                (parent_q, tensor(dq, nq, d)),
+                (parent_k, tensor(dk, nk, d)),
+                (parent_v, tensor(dv_all, nk, dv)),
+            ] {
+                if let Some(node) = parent {
+                    grads.register::<Flex>(node.id, grad);
+                }
+            }
+        }
+    }
+
+    /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]` on this thread, each operand given with its
+    /// (column, row) strides in elements, so transposes cost nothing.
+    fn matmul(
+        dst: &mut [f32],
+        [m, n, k]: [usize; 3],
+        (lhs, lhs_cs, lhs_rs): (&[f32], usize, usize),
+        (rhs, rhs_cs, rhs_rs): (&[f32], usize, usize),
+        scale: f32,
+    ) {
+        let last = |rows: usize, cols: usize, cs: usize, rs: usize| (rows - 1) * rs + (cols - 1) * cs;
+        assert!(dst.len() >= m * n && m * n * k > 0);
+        assert!(last(m, k, lhs_cs, lhs_rs) < lhs.len() && last(k, n, rhs_cs, rhs_rs) < rhs.len());
+        // SAFETY: the asserts keep every strided access inside its slice.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                lhs.as_ptr(),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr(),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
 
     /// A linear layer's weight in PyTorch's `[d_out, d_in]` layout, so each output feature
     /// is a dot product with one contiguous row, and its bias.
@@ -425,6 +584,19 @@ multiversion! {
 }
 
 multiversion! {
+    /// `ds = p ⊙ (ds - rowsum(p ⊙ ds))` for each `keys`-long row: the softmax backward, with
+    /// `ds` holding the probabilities' gradient on entry and the scores' on return.
+    fn softmax_backward_rows(ds: &mut [f32], p: &[f32], keys: usize) {
+        for (ds, p) in ds.chunks_exact_mut(keys).zip(p.chunks_exact(keys)) {
+            let dot = dot(ds, p);
+            for (ds, &p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - dot);
+            }
+        }
+    }
+}
+
+multiversion! {
     /// [`softmax_row`] of each `keys`-long row, in place.
     fn softmax_rows(scores: &mut [f32], keys: usize) {
         for row in scores.chunks_exact_mut(keys) {
@@ -528,6 +700,37 @@ mod tests {
         attention(q, k, v)
             .into_data()
             .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn attention_gradients_equal_burns() {
+        let device = flex().autodiff();
+        let random = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.5), &device);
+        // Non-contiguous queries and keys (as the ViT's head split makes them), keys != queries.
+        let (q, k, v) = (
+            random([2, 7, 3, 16]),
+            random([2, 11, 3, 16]),
+            random([2, 3, 11, 8]),
+        );
+        let weight = random([2, 3, 7, 8]);
+        let grads_of = |f: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| {
+            let (q, k, v) = (
+                q.clone().require_grad(),
+                k.clone().require_grad(),
+                v.clone().require_grad(),
+            );
+            let out = f(q.clone().swap_dims(1, 2), k.clone().swap_dims(1, 2), v.clone());
+            let grads = (out.clone() * weight.clone()).sum().backward();
+            let grad = |t: &Tensor<4>| t.grad(&grads).expect("tracked").into_data();
+            [out.inner().into_data(), grad(&q), grad(&k), grad(&v)]
+        };
+        let ours = grads_of(&|q, k, v| attention(q, k, v));
+        let burns =
+            grads_of(&|q, k, v| module::attention(q, k, v, None, None, AttentionModuleOptions::default()));
+        for (name, (a, b)) in ["output", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&burns)) {
+            assert_eq!(a.shape(), b.shape(), "{name}");
+            a.assert_approx_eq::<f32>(b, Tolerance::absolute(2e-5));
+        }
     }
 
     #[test]
