@@ -1,19 +1,22 @@
-//! CPU kernels for the two operations where burn's pure-Rust `flex` backend loses most of its
-//! time against PyTorch in a ViT forward pass (`docs/benchmarks.md` has the profile):
+//! CPU kernels for the operations where burn's pure-Rust `flex` backend lost most of its time
+//! against PyTorch, beyond the matrix multiply itself (`docs/benchmarks.md` has the profiles):
 //!
 //! * [`gelu`]: `flex` evaluates the exact (erf) GELU, and its derivative, one scalar at a time
 //!   on one thread (`libm::erff`); here both are a vectorisable rational erf on every core,
 //!   registered as a burn backend extension with its own backward, so training uses it too.
 //! * [`attention`]: at 577 tokens `flex` takes its tiled "flash" path, whose 64-key tiles keep
 //!   gemm far from its peak and whose softmax calls scalar `expf`; here each (image, head)
-//!   is two whole gemm calls around a vectorised softmax, heads spread over the cores.
+//!   is two whole gemm calls around a vectorised softmax, heads spread over the cores. Under
+//!   autodiff it keeps the probabilities and its backward is five gemm calls per head, where
+//!   burn would differentiate a chain of generic ops over `[batch, heads, n, n]` tensors.
 //! * [`PreparedLinear`]: a linear layer applied to one row at a time (greedy decoding) is
 //!   bound by reading its weight; `flex` reads it on one core, here every core reads a slice.
 //!
-//! The fast paths run for `f32` tensors on the `flex` device (attention and `PreparedLinear`
-//! only outside autodiff, having no backward); anything else calls burn's own operation, so
+//! GELU and attention are burn backend extensions (`#[backend_extension(Flex, Autodiff)]`)
+//! with their own `Backward`. The fast paths run for `f32` tensors on the `flex` device
+//! (`PreparedLinear` only outside autodiff); anything else calls burn's own operation, so
 //! results never depend on which path ran beyond rounding (the tests at the bottom bound the
-//! difference).
+//! difference, gradients included).
 
 use burn::nn::Linear;
 use burn::tensor::Tensor;
