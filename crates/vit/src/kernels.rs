@@ -264,31 +264,28 @@ mod flex {
         let pairs = x.batch_heads[0] * x.batch_heads[1];
         let mut out = vec![0f32; pairs * nq * dv];
         let mut kept = vec![0f32; if keep { pairs * nq * nk } else { 0 }];
-        let mut kept_chunks: Vec<Option<&mut [f32]>> = if keep {
-            kept.chunks_mut(nq * nk).map(Some).collect()
-        } else {
-            (0..pairs).map(|_| None).collect()
+        let one_pair = |pair: usize, out: &mut [f32], scores: &mut [f32]| {
+            let q = &x.q[pair * nq * d..][..nq * d];
+            let k = &x.k[pair * nk * d..][..nk * d];
+            let v = &x.v[pair * nk * dv..][..nk * dv];
+            // scores = scale q kᵀ
+            matmul(scores, [nq, nk, d], (q, 1, d), (k, d, 1), x.scale());
+            softmax_rows(scores, nk);
+            // out = scores v
+            matmul(out, [nq, dv, nk], (scores, 1, nk), (v, 1, dv), 1.0);
         };
-        out.par_chunks_mut(nq * dv)
-            .zip(kept_chunks.par_iter_mut())
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; if keep { 0 } else { nq * nk }],
-                |scratch, (pair, (out, kept))| {
-                    let scores: &mut [f32] = match kept {
-                        Some(kept) => kept,
-                        None => scratch,
-                    };
-                    let q = &x.q[pair * nq * d..][..nq * d];
-                    let k = &x.k[pair * nk * d..][..nk * d];
-                    let v = &x.v[pair * nk * dv..][..nk * dv];
-                    // scores = scale q kᵀ
-                    matmul(scores, [nq, nk, d], (q, 1, d), (k, d, 1), x.scale());
-                    softmax_rows(scores, nk);
-                    // out = scores v
-                    matmul(out, [nq, dv, nk], (scores, 1, nk), (v, 1, dv), 1.0);
-                },
+        let out_chunks = out.par_chunks_mut(nq * dv).enumerate();
+        if keep {
+            // Each pair's scores become its slice of the kept probabilities.
+            out_chunks
+                .zip(kept.par_chunks_mut(nq * nk))
+                .for_each(|((pair, out), scores)| one_pair(pair, out, scores));
+        } else {
+            out_chunks.for_each_init(
+                || vec![0f32; nq * nk],
+                |scores, (pair, out)| one_pair(pair, out, scores),
             );
+        }
         (out, kept)
     }
 
