@@ -8,8 +8,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::CatrConfig;
 use crate::backbone::ResNet;
+use crate::cpu_decoder::{CpuDecoder, CpuWeights, values};
+use crate::transformer::LayerCache;
 use crate::transformer::{DecoderLayer, EncoderLayer, causal_mask, sine_position};
-use gaze_vit::kernels::PreparedLinear;
+use gaze_vit::kernels::with_team;
 
 /// `[CLS]`, the first input token, and `[SEP]`, which ends a caption (hard-coded upstream).
 pub const CLS: usize = 101;
@@ -34,6 +36,8 @@ pub struct Embeddings {
     pub position_embeddings: Embedding,
     /// Checkpoint `LayerNorm`.
     pub layer_norm: LayerNorm,
+    /// Its epsilon (BERT's 1e-12), for decoding outside the tensors.
+    pub layer_norm_eps: f64,
 }
 
 #[derive(Module, Debug)]
@@ -94,6 +98,7 @@ impl CatrConfig {
                     layer_norm: LayerNormConfig::new(d)
                         .with_epsilon(self.layer_norm_eps)
                         .init(device),
+                    layer_norm_eps: self.layer_norm_eps,
                 },
                 decoder: Decoder {
                     layers: (0..self.dec_layers)
@@ -138,7 +143,7 @@ impl Caption {
         c.forward(relu(b.forward(relu(a.forward(t)))))
     }
 
-    fn head_layers(&self) -> [&Linear; 3] {
+    pub(crate) fn head_layers(&self) -> [&Linear; 3] {
         let [a, b, c] = &self.mlp.layers[..] else {
             panic!("CATR's head has three layers")
         };
@@ -177,65 +182,123 @@ impl Caption {
     }
 
     /// Greedy decoding as CATR's `predict.py` (start from `[CLS]`, stop at `[SEP]` or after
-    /// `max_tokens`), with the encoder run once and a key/value cache in the decoder.
+    /// `max_tokens`), with the encoder run once and a key/value cache in the decoder. For many
+    /// images, [`Caption::captioner`] prepares the decoder once.
     pub fn caption(&self, image: Tensor<4>, max_tokens: usize) -> CaptionOutput {
-        let (memory, pos, grid) = self.encode(image);
-        let emb = &self.transformer.embeddings;
-        let positions = emb.position_embeddings.weight.val();
-        let words = emb.word_embeddings.weight.val();
-        let decoder = &self.transformer.decoder;
-        let mut caches: Vec<_> = decoder
-            .layers
-            .iter()
-            .map(|l| l.cache(memory.clone(), pos.clone()))
-            .collect();
-        let [_, d] = words.dims();
-        let (mut tokens, mut attention, mut first_logits) = (Vec::new(), Vec::new(), Vec::new());
-        let mut token = CLS;
-        let max_steps = max_tokens.min(positions.dims()[0] - 1);
-        // One token at a time, the head's 30522-word layer is a read of its 62 MB weight.
-        let [a, b, c] = self.head_layers().map(PreparedLinear::new);
-        for step in 0..max_steps {
-            let qpos = positions.clone().narrow(0, step, 1).reshape([1, 1, d]);
-            let word = words.clone().narrow(0, token, 1).reshape([1, 1, d]);
-            // The learned position is added here and again as the query position, as upstream.
-            let mut t = emb.layer_norm.forward(word + qpos.clone());
-            let mut weights = None;
-            for (layer, cache) in decoder.layers.iter().zip(caches.iter_mut()) {
-                let (out, w) = layer.step(t, qpos.clone(), cache);
-                t = out;
-                weights = Some(w);
-            }
-            let t = decoder.norm.forward(t);
-            let logits = c.forward(relu(b.forward(relu(a.forward(t)))));
-            let logits: Vec<f32> = logits
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .expect("f32 logits");
-            let row: Vec<f32> = weights
-                .expect("at least one decoder layer")
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .expect("f32");
-            attention.push(row);
-            let next = gaze_vit::infer::argmax(&logits);
-            if step == 0 {
-                first_logits = logits;
-            }
-            if next == SEP {
-                break;
-            }
-            tokens.push(next);
-            token = next;
+        self.captioner().caption(image, max_tokens)
+    }
+
+    /// A greedy captioner for this model. On the `flex` CPU backend it copies the decoder's
+    /// and head's weights out once and decodes on plain slices ([`CpuWeights`]); elsewhere it
+    /// decodes through the tensors.
+    pub fn captioner(&self) -> Captioner<'_> {
+        let on_cpu = gaze_vit::kernels::plain_flex(&self.transformer.embeddings.word_embeddings.weight.val());
+        Captioner {
+            model: self,
+            cpu: on_cpu.then(|| CpuWeights::new(self)),
         }
+    }
+}
+
+/// [`Caption::caption`] for many images, its preparation done once.
+pub struct Captioner<'a> {
+    model: &'a Caption,
+    cpu: Option<CpuWeights>,
+}
+
+impl Captioner<'_> {
+    /// See [`Caption::caption`].
+    pub fn caption(&self, image: Tensor<4>, max_tokens: usize) -> CaptionOutput {
+        let model = self.model;
+        let (memory, pos, grid) = model.encode(image);
+        let positions = model.transformer.embeddings.position_embeddings.weight.dims()[0];
+        let steps = max_tokens.min(positions - 1);
+        let (tokens, attention, first_logits) = match &self.cpu {
+            Some(weights) => {
+                with_team(|team| greedy(&mut CpuDecoder::new(weights, team, model, memory, pos), steps))
+            }
+            None => greedy(&mut TensorDecoder::new(model, memory, pos), steps),
+        };
         CaptionOutput {
             tokens,
             attention,
             grid,
             first_logits,
         }
+    }
+}
+
+/// Up to `steps` greedy steps from `[CLS]` until `[SEP]`: the tokens, each step's attention,
+/// and the first step's logits.
+fn greedy(decoder: &mut dyn Decoding, steps: usize) -> (Vec<usize>, Vec<Vec<f32>>, Vec<f32>) {
+    let (mut tokens, mut attention, mut first_logits) = (Vec::new(), Vec::new(), Vec::new());
+    let mut token = CLS;
+    for step in 0..steps {
+        let logits = (step == 0).then_some(&mut first_logits);
+        let (next, weights) = decoder.step(token, step, logits);
+        attention.push(weights);
+        if next == SEP {
+            break;
+        }
+        tokens.push(next);
+        token = next;
+    }
+    (tokens, attention, first_logits)
+}
+
+/// One greedy decoding step from `token` at `position`: the next token (the argmax of the
+/// logits, which go to `logits` when asked for) and the last decoder layer's cross-attention
+/// averaged over heads, `[cells]`.
+pub(crate) trait Decoding {
+    fn step(&mut self, token: usize, position: usize, logits: Option<&mut Vec<f32>>) -> (usize, Vec<f32>);
+}
+
+/// Decoding through the tensors, on any backend.
+struct TensorDecoder<'a> {
+    model: &'a Caption,
+    caches: Vec<LayerCache>,
+}
+
+impl<'a> TensorDecoder<'a> {
+    fn new(model: &'a Caption, memory: Tensor<3>, pos: Tensor<3>) -> Self {
+        let caches = model
+            .transformer
+            .decoder
+            .layers
+            .iter()
+            .map(|l| l.cache(memory.clone(), pos.clone()))
+            .collect();
+        Self { model, caches }
+    }
+}
+
+impl Decoding for TensorDecoder<'_> {
+    fn step(&mut self, token: usize, position: usize, logits: Option<&mut Vec<f32>>) -> (usize, Vec<f32>) {
+        let emb = &self.model.transformer.embeddings;
+        let decoder = &self.model.transformer.decoder;
+        let words = emb.word_embeddings.weight.val();
+        let [_, d] = words.dims();
+        let qpos = emb
+            .position_embeddings
+            .weight
+            .val()
+            .narrow(0, position, 1)
+            .reshape([1, 1, d]);
+        let word = words.narrow(0, token, 1).reshape([1, 1, d]);
+        // The learned position is added here and again as the query position, as upstream.
+        let mut t = emb.layer_norm.forward(word + qpos.clone());
+        let mut weights = None;
+        for (layer, cache) in decoder.layers.iter().zip(self.caches.iter_mut()) {
+            let (out, w) = layer.step(t, qpos.clone(), cache);
+            t = out;
+            weights = Some(w);
+        }
+        let all = values(self.model.head(decoder.norm.forward(t)));
+        let next = gaze_vit::infer::argmax(&all);
+        if let Some(logits) = logits {
+            *logits = all;
+        }
+        (next, values(weights.expect("at least one decoder layer")))
     }
 }
 
@@ -286,6 +349,41 @@ mod tests {
             assert!(max_diff(&attention[k * 15..][..15], row) < 1e-5, "step {k}");
             let next = gaze_vit::infer::argmax(&logits[k * vocab..][..vocab]);
             assert_eq!(Some(&next), greedy.tokens.get(k).or(Some(&SEP)), "step {k}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod decoder_tests {
+    use super::*;
+
+    #[test]
+    fn slice_decoding_equals_tensor_decoding() {
+        let device = Device::flex();
+        device.seed(11);
+        let model = super::tests::tiny().init(&device);
+        let image = Tensor::<4>::random(
+            [1, 3, 48, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let fast = model.captioner();
+        assert_eq!(
+            fast.cpu.is_some(),
+            gaze_vit::kernels::plain_flex(&image),
+            "flex decodes on slices"
+        );
+        let tensors = Captioner {
+            model: &model,
+            cpu: None,
+        };
+        let (a, b) = (fast.caption(image.clone(), 10), tensors.caption(image, 10));
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(a.attention.len(), b.attention.len());
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(max_diff(&a.first_logits, &b.first_logits) < 1e-5);
+        for (x, y) in a.attention.iter().zip(&b.attention) {
+            assert!(max_diff(x, y) < 1e-6);
         }
     }
 }

@@ -245,9 +245,10 @@ pub fn score_captions(
     let (h, w) = set.size;
     let stride = config.output_stride();
     let (mut exact, mut hits, mut chance, mut words) = (0usize, 0usize, 0.0f64, 0usize);
+    let captioner = model.captioner();
     for i in 0..set.names.len() {
         let image = Tensor::<4>::from_data(TensorData::new(set.pixels[i].clone(), [1, 3, h, w]), device);
-        let out = model.caption(image, config.max_position_embeddings - 1);
+        let out = captioner.caption(image, config.max_position_embeddings - 1);
         if out.tokens != set.tokens[i] {
             continue;
         }

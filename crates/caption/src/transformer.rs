@@ -33,10 +33,23 @@ impl MultiheadAttention {
 
     /// Input projection `part` (0 = query, 1 = key, 2 = value) of `x`: `[batch, len, d]`.
     pub fn project(&self, x: Tensor<3>, part: usize) -> Tensor<3> {
+        let (w, b) = self.in_proj(part..part + 1);
+        x.matmul(w.unsqueeze::<3>()) + b.unsqueeze::<3>()
+    }
+
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
+    /// Input projections `parts` (0 = query, 1 = key, 2 = value) side by side, as a linear
+    /// layer's `[d_in, parts.len() * d]` weight and its bias.
+    pub fn in_proj(&self, parts: std::ops::Range<usize>) -> (Tensor<2>, Tensor<1>) {
         let [_, d] = self.in_proj_weight.dims();
-        let w = self.in_proj_weight.val().narrow(0, part * d, d); // [d_out, d_in]
-        let b = self.in_proj_bias.val().narrow(0, part * d, d);
-        x.matmul(w.transpose().unsqueeze::<3>()) + b.unsqueeze::<3>()
+        let (start, len) = (parts.start * d, parts.len() * d);
+        (
+            self.in_proj_weight.val().narrow(0, start, len).transpose(),
+            self.in_proj_bias.val().narrow(0, start, len),
+        )
     }
 
     fn heads(&self, x: Tensor<3>) -> Tensor<4> {
@@ -74,8 +87,11 @@ impl MultiheadAttention {
     }
 }
 
+/// `nn.LayerNorm`'s default epsilon, which CATR's transformer layers keep.
+pub const NORM_EPS: f64 = 1e-5;
+
 fn norm(d: usize, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(d).init(device)
+    LayerNormConfig::new(d).with_epsilon(NORM_EPS).init(device)
 }
 
 /// `x + SelfAttn(LN1(x) + pos)`, then `x + FFN(LN2(x))`.
@@ -245,18 +261,10 @@ impl Projections {
 impl MultiheadAttention {
     /// Slices of `in_proj_weight`/`in_proj_bias`, ready for [`Projections::project`].
     pub fn projections(&self) -> Projections {
-        let [_, d] = self.in_proj_weight.dims();
-        let w = |p: usize| {
-            self.in_proj_weight
-                .val()
-                .narrow(0, p * d, d)
-                .transpose()
-                .unsqueeze::<3>()
-        };
-        let b = |p: usize| self.in_proj_bias.val().narrow(0, p * d, d).unsqueeze::<3>();
+        let [(w0, b0), (w1, b1), (w2, b2)] = [0, 1, 2].map(|p| self.in_proj(p..p + 1));
         Projections {
-            weights: [w(0), w(1), w(2)],
-            biases: [b(0), b(1), b(2)],
+            weights: [w0, w1, w2].map(|w| w.unsqueeze()),
+            biases: [b0, b1, b2].map(|b| b.unsqueeze()),
         }
     }
 }

@@ -92,13 +92,14 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
     let model = load_catr(&args.weights, &config, &device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: could not create", args.out.display()))?;
+    let captioner = model.captioner();
     let progress = bar(paths.len(), "caption");
     for path in &paths {
         let (resized, pixels) = preprocess(&load_rgb(path)?, config.max_dim);
         let (w, h) = resized.dimensions();
         let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h as usize, w as usize]), &device);
         let started = std::time::Instant::now();
-        let out = model.caption(input, args.max_tokens);
+        let out = captioner.caption(input, args.max_tokens);
         let seconds = started.elapsed().as_secs_f64();
         let text = vocab.decode(&out.tokens);
         progress.suspend(|| {

@@ -9,16 +9,17 @@
 //!   is two whole gemm calls around a vectorised softmax, heads spread over the cores. Under
 //!   autodiff it keeps the probabilities and its backward is five gemm calls per head, where
 //!   burn would differentiate a chain of generic ops over `[batch, heads, n, n]` tensors.
-//! * [`PreparedLinear`]: a linear layer applied to one row at a time (greedy decoding) is
-//!   bound by reading its weight; `flex` reads it on one core, here every core reads a slice.
+//! * [`Team`], [`ArgmaxHead`] and [`attend_one`] (module `decode`): greedy decoding feeds one
+//!   row at a time through small layers, where a tensor operation per step costs more than
+//!   its arithmetic and each weight matrix is read once per token; these work on plain
+//!   slices, with a few spinning threads splitting each product.
 //!
 //! GELU and attention are burn backend extensions (`#[backend_extension(Flex, Autodiff)]`)
 //! with their own `Backward`. The fast paths run for `f32` tensors on the `flex` device
-//! (`PreparedLinear` only outside autodiff); anything else calls burn's own operation, so
+//! (the slice kernels take plain `f32` slices); anything else calls burn's own operation, so
 //! results never depend on which path ran beyond rounding (the tests at the bottom bound the
 //! difference, gradients included).
 
-use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation;
 use burn::tensor::module;
@@ -46,42 +47,16 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     module::attention(q, k, v, None, None, AttentionModuleOptions::default())
 }
 
-/// A [`Linear`] whose weight is copied out once, for many calls on a few rows each (a
-/// decoder emitting one token at a time): each call then splits the output features over the
-/// cores, each reading its slice of the weight once. Small layers (under
-/// [`PreparedLinear::MIN_WEIGHT`] elements), other inputs and other devices go through the
-/// layer itself.
-pub struct PreparedLinear<'a> {
-    linear: &'a Linear,
+/// Whether `x` is an `f32` tensor on the `flex` device outside autodiff: where copying a
+/// model's weights out for the slice kernels ([`Team`], [`attend_one`]) pays off.
+pub fn plain_flex<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
-    rows: Option<flex::WeightRows>,
-}
-
-impl<'a> PreparedLinear<'a> {
-    /// Below a 4 MB weight, spreading one row over the cores costs more than it saves
-    /// (measured on flex: 256 -> 2048 took 0.05 ms as a layer, 0.08 ms prepared; CATR's
-    /// 512 -> 30522 word layer 3.9 ms as a layer, 2.7 ms prepared).
-    pub const MIN_WEIGHT: usize = 1 << 20;
-
-    pub fn new(linear: &'a Linear) -> Self {
-        Self {
-            linear,
-            #[cfg(feature = "flex")]
-            rows: flex::WeightRows::new(linear),
-        }
-    }
-
-    /// `x` `[batch, rows, d_in]` to `[batch, rows, d_out]`, as `Linear::forward`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        #[cfg(feature = "flex")]
-        if let Some(rows) = &self.rows {
-            let [batch, len, _] = x.dims();
-            if batch * len <= flex::WeightRows::MAX_INPUT_ROWS && flex::admits(&x) {
-                return rows.forward(x);
-            }
-        }
-        self.linear.forward(x)
-    }
+    return flex::admits(x);
+    #[cfg(not(feature = "flex"))]
+    return {
+        let _ = x;
+        false
+    };
 }
 
 #[cfg(feature = "flex")]
@@ -384,56 +359,6 @@ mod flex {
         }
     }
 
-    /// A linear layer's weight in PyTorch's `[d_out, d_in]` layout, so each output feature
-    /// is a dot product with one contiguous row, and its bias.
-    pub struct WeightRows {
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
-        d_in: usize,
-    }
-
-    impl WeightRows {
-        /// Beyond a few input rows, a gemm that reuses each weight row is faster.
-        pub const MAX_INPUT_ROWS: usize = 4;
-        /// Output features per parallel task: a 512-wide weight slice of 256 KB.
-        const FEATURES_PER_TASK: usize = 128;
-
-        pub fn new(linear: &Linear) -> Option<Self> {
-            let weight = linear.weight.val(); // [d_in, d_out]
-            if !admits(&weight) || weight.shape().num_elements() < PreparedLinear::MIN_WEIGHT {
-                return None;
-            }
-            let [d_in, _] = weight.dims();
-            let bias = linear.bias.as_ref().map(|b| into_values(b.val()).0);
-            Some(Self {
-                weight: into_values(weight.transpose()).0,
-                bias,
-                d_in,
-            })
-        }
-
-        pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-            let device = x.device();
-            let [batch, len, _] = x.dims();
-            let d_out = self.weight.len() / self.d_in;
-            let (x, _) = into_values(x);
-            let mut out = vec![0f32; batch * len * d_out];
-            for (x, out) in x.chunks_exact(self.d_in).zip(out.chunks_exact_mut(d_out)) {
-                out.par_chunks_mut(Self::FEATURES_PER_TASK)
-                    .zip(self.weight.par_chunks(Self::FEATURES_PER_TASK * self.d_in))
-                    .enumerate()
-                    .for_each(|(task, (out, weight))| {
-                        dot_rows(out, weight, x);
-                        if let Some(bias) = &self.bias {
-                            let bias = &bias[task * Self::FEATURES_PER_TASK..];
-                            out.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-                        }
-                    });
-            }
-            from_values(out, [batch, len, d_out], &device)
-        }
-    }
-
     /// Whether `x` is an `f32` tensor on the `flex` device, with autodiff or without.
     pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
         x.dtype() == DType::F32 && x.device().inner() == Device::flex()
@@ -442,19 +367,6 @@ mod flex {
     /// Whether `x` is an `f32` tensor on the `flex` device with no autodiff graph to extend.
     pub fn admits<const D: usize>(x: &Tensor<D>) -> bool {
         on_flex(x) && !x.is_autodiff()
-    }
-
-    fn into_values<const D: usize>(x: Tensor<D>) -> (Vec<f32>, [usize; D]) {
-        let shape = x.dims();
-        let values = x
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("admits() lets f32 tensors through only");
-        (values, shape)
-    }
-
-    fn from_values<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(values, shape), device)
     }
 }
 
@@ -563,6 +475,9 @@ macro_rules! multiversion {
     };
 }
 
+mod decode;
+pub use decode::{ArgmaxHead, Team, attend_one, with_team};
+
 multiversion! {
     /// [`gelu_one`] of every element, in place.
     fn gelu_slice(xs: &mut [f32]) {
@@ -601,15 +516,6 @@ multiversion! {
     fn softmax_rows(scores: &mut [f32], keys: usize) {
         for row in scores.chunks_exact_mut(keys) {
             softmax_row(row);
-        }
-    }
-}
-
-multiversion! {
-    /// `out[i] = rows[i] · x` for the `x.len()`-long rows of `rows`.
-    fn dot_rows(out: &mut [f32], rows: &[f32], x: &[f32]) {
-        for (out, row) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
-            *out = dot(row, x);
         }
     }
 }
@@ -758,32 +664,5 @@ mod tests {
             "autodiff tensors: GELU yes, attention no"
         );
         assert!(flex::admits(&Tensor::<2>::zeros([1, 1], &flex())));
-    }
-
-    #[test]
-    fn prepared_linear_equals_the_layer() {
-        let device = flex();
-        // 15700 outputs: a partial last task; 67 inputs: a partial lane chunk.
-        let linear = burn::nn::LinearConfig::new(67, 15700).init(&device);
-        let prepared = PreparedLinear::new(&linear);
-        for rows in [1, 3, 9] {
-            let x = Tensor::<3>::random([1, rows, 67], Distribution::Normal(0.0, 1.0), &device);
-            let expected = linear.forward(x.clone()).into_data();
-            prepared
-                .forward(x)
-                .into_data()
-                .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
-        }
-        assert!(prepared.rows.is_some());
-        let small = burn::nn::LinearConfig::new(8, 5).init(&device);
-        assert!(PreparedLinear::new(&small).rows.is_none());
-        let no_bias = burn::nn::LinearConfig::new(1024, 1024)
-            .with_bias(false)
-            .init(&device);
-        let x = Tensor::<3>::random([2, 1, 1024], Distribution::Normal(0.0, 1.0), &device);
-        PreparedLinear::new(&no_bias)
-            .forward(x.clone())
-            .into_data()
-            .assert_approx_eq::<f32>(&no_bias.forward(x).into_data(), Tolerance::absolute(1e-5));
     }
 }
