@@ -5,10 +5,11 @@ use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{self, relu};
 use burn::tensor::{Device, Tensor};
 
 use crate::CatrConfig;
+use gaze_vit::kernels::conv2d_affine;
 
 /// Batch norm with fixed statistics and affine (DETR's `FrozenBatchNorm2d`, eps 1e-5).
 #[derive(Module, Debug)]
@@ -75,9 +76,26 @@ impl FrozenBatchNorm2d {
             return normalised * self.weight.val().reshape([1, c, 1, 1])
                 + self.bias.val().reshape([1, c, 1, 1]);
         }
+        let (scale, shift) = self.scale_shift();
+        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+    }
+
+    /// `k = weight / sqrt(var + 1e-5)` and `bias - mean * k`, per channel.
+    fn scale_shift(&self) -> (Tensor<1>, Tensor<1>) {
         let scale = self.weight.val() * self.running_var.val().add_scalar(1e-5).sqrt().recip();
         let shift = self.bias.val() - self.running_mean.val() * scale.clone();
-        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+        (scale, shift)
+    }
+
+    /// This batch norm of `conv(x)`, then ReLU if `relu`; with the running statistics in one
+    /// pass on `flex` ([`conv2d_affine`]).
+    fn after(&self, conv: &Conv2d, x: Tensor<4>, relu: bool) -> Tensor<4> {
+        if self.batch_statistics {
+            let y = self.forward(conv.forward(x));
+            return if relu { activation::relu(y) } else { y };
+        }
+        let (scale, shift) = self.scale_shift();
+        conv2d_affine(conv, x, scale, shift, relu)
     }
 }
 
@@ -183,14 +201,16 @@ impl Bottleneck {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = self.bn1.after(&self.conv1, x.clone(), true);
+        // A bottleneck's 3x3 output goes through ReLU into `conv3`; a basic block's joins
+        // the shortcut first.
+        let out = self.bn2.after(&self.conv2, out, self.conv3.is_some());
         let out = match (&self.conv3, &self.bn3) {
-            (Some(c), Some(b)) => b.forward(c.forward(relu(out))),
+            (Some(c), Some(b)) => b.after(c, out, false),
             _ => out,
         };
         let shortcut = match (&self.downsample_conv, &self.downsample_bn) {
-            (Some(c), Some(b)) => b.forward(c.forward(x)),
+            (Some(c), Some(b)) => b.after(c, x, false),
             _ => x,
         };
         relu(out + shortcut)
@@ -299,9 +319,7 @@ impl ResNet {
     /// `[batch, 3, h, w]` to `[batch, 8 * expansion * width, ceil(h / 16), ceil(w / 16)]`
     /// (dilated; `/ 32` otherwise).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self
-            .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        let x = self.maxpool.forward(self.bn1.after(&self.conv1, x, true));
         [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()
