@@ -356,13 +356,9 @@ multiversion! {
 mod tests {
     use super::*;
     use burn::tensor::ops::AttentionModuleOptions;
-    use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance, activation, module};
+    use burn::tensor::{Distribution, Tensor, TensorData, Tolerance, activation, module};
 
-    fn flex() -> Device {
-        let device = Device::flex();
-        device.seed(7);
-        device
-    }
+    use crate::kernels::tests::flex;
 
     #[test]
     fn vec_mat_equals_the_linear_layer() {

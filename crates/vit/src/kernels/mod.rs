@@ -728,7 +728,8 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution, Tolerance};
 
-    fn flex() -> Device {
+    /// The `flex` device, seeded.
+    pub(super) fn flex() -> Device {
         let device = Device::flex();
         device.seed(7);
         device
