@@ -219,13 +219,54 @@ mod flex {
         }
     }
 
-    /// Queries `[pairs, queries, head_dim]`, keys `[pairs, keys, head_dim]` and values
-    /// `[pairs, keys, value_dim]` as contiguous values, a pair being one (image, head).
+    /// A `[batch, heads, tokens, dim]` `flex` tensor read where it lies: the head split
+    /// leaves queries, keys and values as strided views of the fused projection, and copying
+    /// them out cost more than the softmax.
+    #[derive(Debug)]
+    struct HeadView {
+        tensor: FloatTensor<Flex>,
+        /// Element strides of batch, head, token and dim.
+        strides: [usize; 4],
+        shape: [usize; 4],
+    }
+
+    impl HeadView {
+        fn new(x: FloatTensor<Flex>) -> Self {
+            let dims = x.layout().shape().to_vec();
+            let [batch, heads, tokens, dim] = dims[..] else {
+                panic!("attention takes [batch, heads, tokens, dim] tensors, got {dims:?}")
+            };
+            // Negative strides (a flipped view) are copied to a plain layout first.
+            let x = if x.layout().strides().iter().all(|&s| s >= 0) {
+                x
+            } else {
+                x.to_contiguous()
+            };
+            let s = x.layout().strides();
+            Self {
+                strides: [s[0], s[1], s[2], s[3]].map(|s| s as usize),
+                shape: [batch, heads, tokens, dim],
+                tensor: x,
+            }
+        }
+
+        /// One (image, head) pair's `[tokens, dim]` matrix: the storage from its first element
+        /// on, and its (column, row) strides.
+        fn pair(&self, pair: usize) -> (&[f32], usize, usize) {
+            let [_, heads, _, _] = self.shape;
+            let [sb, sh, st, sd] = self.strides;
+            let start = self.tensor.layout().start_offset() + (pair / heads) * sb + (pair % heads) * sh;
+            (&self.tensor.storage::<f32>()[start..], sd, st)
+        }
+    }
+
+    /// Queries `[batch, heads, queries, head_dim]`, keys `[batch, heads, keys, head_dim]` and
+    /// values `[batch, heads, keys, value_dim]`; a pair is one (image, head).
     #[derive(Debug)]
     pub struct AttentionInputs {
-        q: Vec<f32>,
-        k: Vec<f32>,
-        v: Vec<f32>,
+        q: HeadView,
+        k: HeadView,
+        v: HeadView,
         /// `[batch, heads]` of the inputs' shape.
         batch_heads: [usize; 2],
         queries: usize,
@@ -236,27 +277,23 @@ mod flex {
 
     impl AttentionInputs {
         fn new(q: FloatTensor<Flex>, k: FloatTensor<Flex>, v: FloatTensor<Flex>) -> Self {
-            let (q, q_shape) = flex_values(q);
-            let (k, k_shape) = flex_values(k);
-            let (v, v_shape) = flex_values(v);
-            let [batch, heads, queries, head_dim] = q_shape[..] else {
-                panic!("attention takes [batch, heads, tokens, dim] tensors, got {q_shape:?}")
-            };
+            let (q, k, v) = (HeadView::new(q), HeadView::new(k), HeadView::new(v));
+            let [batch, heads, queries, head_dim] = q.shape;
             assert_eq!(
-                k_shape[..3],
-                [batch, heads, v_shape[2]],
+                k.shape[..3],
+                [batch, heads, v.shape[2]],
                 "keys and values disagree"
             );
-            assert_eq!(k_shape[3], head_dim, "queries and keys disagree");
+            assert_eq!(k.shape[3], head_dim, "queries and keys disagree");
             Self {
+                batch_heads: [batch, heads],
+                queries,
+                keys: k.shape[2],
+                head_dim,
+                value_dim: v.shape[3],
                 q,
                 k,
                 v,
-                batch_heads: [batch, heads],
-                queries,
-                keys: k_shape[2],
-                head_dim,
-                value_dim: v_shape[3],
             }
         }
 
@@ -279,14 +316,14 @@ mod flex {
         let mut out = vec![0f32; pairs * nq * dv];
         let mut kept = vec![0f32; if keep { pairs * nq * nk } else { 0 }];
         let one_pair = |pair: usize, out: &mut [f32], scores: &mut [f32]| {
-            let q = &x.q[pair * nq * d..][..nq * d];
-            let k = &x.k[pair * nk * d..][..nk * d];
-            let v = &x.v[pair * nk * dv..][..nk * dv];
+            let (q, q_cs, q_rs) = x.q.pair(pair);
+            let (k, k_cs, k_rs) = x.k.pair(pair);
+            let (v, v_cs, v_rs) = x.v.pair(pair);
             // scores = scale q kᵀ
-            matmul(scores, [nq, nk, d], (q, 1, d), (k, d, 1), x.scale());
+            matmul(scores, [nq, nk, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
             softmax_rows(scores, nk);
             // out = scores v
-            matmul(out, [nq, dv, nk], (scores, 1, nk), (v, 1, dv), 1.0);
+            matmul(out, [nq, dv, nk], (scores, 1, nk), (v, v_cs, v_rs), 1.0);
         };
         let out_chunks = out.par_chunks_mut(nq * dv).enumerate();
         if keep {
@@ -328,19 +365,19 @@ mod flex {
                 .for_each_init(
                     || vec![0f32; nq * nk],
                     |ds, (pair, ((dq, dk), dv_out))| {
-                        let q = &x.q[pair * nq * d..][..nq * d];
-                        let k = &x.k[pair * nk * d..][..nk * d];
-                        let v = &x.v[pair * nk * dv..][..nk * dv];
+                        let (q, q_cs, q_rs) = x.q.pair(pair);
+                        let (k, k_cs, k_rs) = x.k.pair(pair);
+                        let (v, v_cs, v_rs) = x.v.pair(pair);
                         let p = &probabilities[pair * nq * nk..][..nq * nk];
                         let d_out = &grad_out[pair * nq * dv..][..nq * dv];
                         // dV = Pᵀ dO
                         matmul(dv_out, [nk, dv, nq], (p, nk, 1), (d_out, 1, dv), 1.0);
                         // dP = dO Vᵀ, then dS in place
-                        matmul(ds, [nq, nk, dv], (d_out, 1, dv), (v, dv, 1), 1.0);
+                        matmul(ds, [nq, nk, dv], (d_out, 1, dv), (v, v_rs, v_cs), 1.0);
                         softmax_backward_rows(ds, p, nk);
                         // dQ = scale dS K, dK = scale dSᵀ Q
-                        matmul(dq, [nq, d, nk], (ds, 1, nk), (k, 1, d), x.scale());
-                        matmul(dk, [nk, d, nq], (ds, nk, 1), (q, 1, d), x.scale());
+                        matmul(dq, [nq, d, nk], (ds, 1, nk), (k, k_cs, k_rs), x.scale());
+                        matmul(dk, [nk, d, nq], (ds, nk, 1), (q, q_cs, q_rs), x.scale());
                     },
                 );
             let [batch, heads] = x.batch_heads;
