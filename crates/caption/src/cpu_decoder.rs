@@ -3,16 +3,15 @@
 //! cost per operation, not the arithmetic, set the pace (8 ms a token on `flex`). Here the
 //! weights are copied out once ([`CpuWeights`], kept by a [`crate::Captioner`]) and a step is
 //! a few loops per layer, each weight matrix read once, split over a spinning [`Team`]; the
-//! word layer reads a bfloat16 copy and recomputes the close calls in f32 ([`ArgmaxHead`]). `model.rs` tests it
-//! equal to teacher forcing through the tensors.
+//! word layer reads a bfloat16 copy and recomputes the close calls in f32 ([`ArgmaxHead`]).
+//! `model.rs` tests it equal to the tensor path and to teacher forcing.
 
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
 use gaze_vit::kernels::{ArgmaxHead, Team, attend_one};
 
 use crate::model::{Caption, Decoding};
-use crate::transformer::LayerCache;
-use crate::transformer::{DecoderLayer, MultiheadAttention, NORM_EPS};
+use crate::transformer::{DecoderLayer, LayerCache, MultiheadAttention, NORM_EPS};
 
 /// A tensor's elements, row-major.
 pub(crate) fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
