@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 use gaze_vit::kernels::{ArgmaxHead, Team, attend_one};
 
 use crate::model::{Caption, Decoding};
-use crate::transformer::{DecoderLayer, LayerCache, MultiheadAttention, NORM_EPS};
+use crate::transformer::{DecoderLayer, MultiheadAttention, NORM_EPS};
 
 /// A tensor's elements, row-major.
 pub(crate) fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
@@ -141,12 +141,12 @@ struct LayerState {
 }
 
 impl LayerState {
-    fn new(cache: LayerCache) -> Self {
+    fn new((memory_keys, memory_values): (Tensor<3>, Tensor<3>)) -> Self {
         Self {
             keys: Vec::new(),
             values: Vec::new(),
-            memory_keys: values(cache.cross_k),
-            memory_values: values(cache.cross_v),
+            memory_keys: values(memory_keys),
+            memory_values: values(memory_values),
         }
     }
 
@@ -252,7 +252,7 @@ impl<'t, 'w> CpuDecoder<'t, 'w> {
             .decoder
             .layers
             .iter()
-            .map(|l| LayerState::new(l.cache(memory.clone(), pos.clone())))
+            .map(|l| LayerState::new(l.memory_keys_values(memory.clone(), pos.clone())))
             .collect();
         Self {
             weights,

@@ -199,16 +199,23 @@ impl DecoderLayer {
         (t + self.linear2.forward(relu(self.linear1.forward(h))), weights)
     }
 
-    /// Keys `memory + pos` and values `memory` of the cross-attention, computed once.
+    /// The cross-attention's projected keys (`memory + pos`) and values (`memory`), once per
+    /// image.
+    pub fn memory_keys_values(&self, memory: Tensor<3>, pos: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let c = &self.multihead_attn;
+        (c.project(memory.clone() + pos, 1), c.project(memory, 2))
+    }
+
+    /// [`DecoderLayer::memory_keys_values`] and the sliced projections, for [`DecoderLayer::step`].
     pub fn cache(&self, memory: Tensor<3>, pos: Tensor<3>) -> LayerCache {
-        let cross_proj = self.multihead_attn.projections();
+        let (cross_k, cross_v) = self.memory_keys_values(memory, pos);
         LayerCache {
             self_k: None,
             self_v: None,
-            cross_k: cross_proj.project(memory.clone() + pos, 1),
-            cross_v: cross_proj.project(memory, 2),
+            cross_k,
+            cross_v,
             self_proj: self.self_attn.projections(),
-            cross_proj,
+            cross_proj: self.multihead_attn.projections(),
         }
     }
 
