@@ -9,10 +9,10 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
-use crate::kernels::{attention, gelu};
+use crate::kernels::{attention, gelu, linear};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
-fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
     LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
@@ -55,8 +55,8 @@ impl Attention {
     fn new(config: &VitConfig, device: &Device) -> Self {
         let d = config.embed_dim;
         Self {
-            qkv: linear(d, 3 * d, config.qkv_bias, device),
-            proj: linear(d, d, true, device),
+            qkv: init_linear(d, 3 * d, config.qkv_bias, device),
+            proj: init_linear(d, d, true, device),
             num_heads: config.num_heads,
         }
     }
@@ -69,7 +69,7 @@ impl Attention {
         let heads = self.num_heads;
         let split =
             |t: Tensor<3>| -> Tensor<4> { t.reshape([batch, tokens, heads, dim / heads]).swap_dims(1, 2) };
-        let mut qkv = self.qkv.forward(x).chunk(3, 2).into_iter().map(split);
+        let mut qkv = linear(&self.qkv, x).chunk(3, 2).into_iter().map(split);
         [qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap()]
     }
 
@@ -77,7 +77,7 @@ impl Attention {
         let [batch, heads, tokens, head_dim] = context.dims();
         // [batch, heads, tokens, head_dim] -> [batch, tokens, heads * head_dim]
         let merged = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
-        self.proj.forward(merged)
+        linear(&self.proj, merged)
     }
 
     /// Fused scaled-dot-product attention; the backend may never materialise the weights.
@@ -111,13 +111,13 @@ impl Mlp {
     fn new(config: &VitConfig, device: &Device) -> Self {
         let hidden = (config.embed_dim as f64 * config.mlp_ratio) as usize;
         Self {
-            fc1: linear(config.embed_dim, hidden, true, device),
-            fc2: linear(hidden, config.embed_dim, true, device),
+            fc1: init_linear(config.embed_dim, hidden, true, device),
+            fc2: init_linear(hidden, config.embed_dim, true, device),
         }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        linear(&self.fc2, gelu(linear(&self.fc1, x)))
     }
 }
 
@@ -193,7 +193,7 @@ impl VitConfig {
             pos_embed: pos.init([1, self.num_tokens(), d], device),
             blocks: (0..self.depth).map(|_| Block::new(self, device)).collect(),
             norm: LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device),
-            head: linear(d, self.num_classes, true, device),
+            head: init_linear(d, self.num_classes, true, device),
         }
     }
 }
@@ -211,7 +211,7 @@ impl VisionTransformer {
     fn classify(&self, tokens: Tensor<3>) -> Tensor<2> {
         let [batch, _, dim] = tokens.dims();
         let cls = self.norm.forward(tokens).narrow(1, 0, 1).reshape([batch, dim]);
-        self.head.forward(cls)
+        linear(&self.head, cls)
     }
 
     /// Logits `[batch, classes]` for normalised images `[batch, 3, h, w]`.
