@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
-use crate::kernels::{attention, gelu, linear};
+use crate::kernels::{attention, gelu, linear, merge_heads, split_heads};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
 fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -61,42 +61,22 @@ impl Attention {
         }
     }
 
-    /// Queries, keys and values, each `[batch, heads, tokens, head_dim]`. The fused weight's
-    /// output rows are `s * dim + h * head_dim + d` for s in (q, k, v), so a chunk per `s`
-    /// then a head split reproduces timm's `reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`.
-    fn qkv(&self, x: Tensor<3>) -> [Tensor<4>; 3] {
-        let [batch, tokens, dim] = x.dims();
-        let heads = self.num_heads;
-        let split =
-            |t: Tensor<3>| -> Tensor<4> { t.reshape([batch, tokens, heads, dim / heads]).swap_dims(1, 2) };
-        let mut qkv = linear(&self.qkv, x).chunk(3, 2).into_iter().map(split);
-        [qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap()]
-    }
-
-    fn merge_heads(&self, context: Tensor<4>) -> Tensor<3> {
-        let [batch, heads, tokens, head_dim] = context.dims();
-        // [batch, heads, tokens, head_dim] -> [batch, tokens, heads * head_dim]
-        let merged = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
-        linear(&self.proj, merged)
-    }
-
     /// Fused scaled-dot-product attention; the backend may never materialise the weights.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [q, k, v] = self.qkv(x);
-        let context = attention(q, k, v);
-        self.merge_heads(context)
+        let context = attention(linear(&self.qkv, x), self.num_heads);
+        linear(&self.proj, context)
     }
 
     /// Explicit `softmax(q k^T / sqrt(d)) v`, also returning the attention probabilities
     /// `[batch, heads, queries, keys]`.
     pub fn forward_with_weights(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let [q, k, v] = self.qkv(x);
+        let [q, k, v] = split_heads(linear(&self.qkv, x), self.num_heads);
         let [.., head_dim] = q.dims();
         let scale = (head_dim as f64).powf(-0.5);
         let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)); // [batch, heads, n, n]
         let weights = softmax(scores, 3);
         let context = weights.clone().matmul(v);
-        (self.merge_heads(context), weights)
+        (linear(&self.proj, merge_heads(context)), weights)
     }
 }
 

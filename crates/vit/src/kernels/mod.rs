@@ -6,9 +6,12 @@
 //!   registered as a burn backend extension with its own backward, so training uses it too.
 //! * [`attention`]: at 577 tokens `flex` takes its tiled "flash" path, whose 64-key tiles keep
 //!   gemm far from its peak and whose softmax calls scalar `expf`; here each (image, head)
-//!   is two whole gemm calls around a vectorised softmax, heads spread over the cores. Under
-//!   autodiff it keeps the probabilities and its backward is five gemm calls per head, where
-//!   burn would differentiate a chain of generic ops over `[batch, heads, n, n]` tensors.
+//!   is two whole gemm calls around a vectorised softmax, heads spread over the cores, reading
+//!   the heads where they lie in the fused `qkv` projection and writing them where they lie
+//!   in the merged output (`flex` copies a strided tensor on every reshape). Under autodiff it
+//!   keeps the probabilities and its backward is five gemm calls per head into the fused
+//!   gradient, where burn would differentiate a chain of generic ops over
+//!   `[batch, heads, n, n]` tensors.
 //! * [`linear`]: `flex` zeroes each fresh output, adds the bias in a second pass and leaves
 //!   the split over the cores to its batch loop; here the bias is the GEMM's starting value,
 //!   and row blocks of about one image are single-threaded GEMMs spread over the cores, with a
@@ -45,16 +48,48 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation::gelu(x)
 }
 
-/// `softmax(q kᵀ / sqrt(head_dim)) v` without a mask, for `[batch, heads, tokens, head_dim]`
-/// queries, keys and values (keys and values may have another token count than queries).
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+/// Queries, keys and values `[batch, heads, tokens, head_dim]` from timm's fused projection
+/// `qkv` `[batch, tokens, 3 * dim]`: its output columns are `s * dim + h * head_dim + d` for
+/// `s` in (q, k, v), so a chunk per `s` then a head split reproduces timm's
+/// `reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`.
+pub fn split_heads(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+    let [batch, tokens, width] = qkv.dims();
+    let head_dim = width / 3 / heads;
+    let split = |t: Tensor<3>| -> Tensor<4> { t.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2) };
+    let mut qkv = qkv.chunk(3, 2).into_iter().map(split);
+    [qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap()]
+}
+
+/// `[batch, heads, tokens, head_dim]` back to `[batch, tokens, heads * head_dim]`.
+pub fn merge_heads(context: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, tokens, head_dim] = context.dims();
+    context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim])
+}
+
+/// Self-attention without a mask from a fused projection: `qkv` `[batch, tokens, 3 * dim]`
+/// ([`split_heads`]' layout) to `softmax(q kᵀ / sqrt(head_dim)) v` with the heads merged,
+/// `[batch, tokens, dim]`. On `flex` the kernel reads each head where it lies in `qkv` and
+/// writes it where it lies in the output: `flex` copies a non-contiguous tensor on every
+/// reshape, so the head split and merge were two copies of the activations per block (and
+/// under autodiff their backward two more, plus a zero-filled gradient per chunk).
+pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     #[cfg(feature = "flex")]
-    if flex::on_flex(&q) && flex::on_flex(&k) && flex::on_flex(&v) {
+    if flex::on_flex(&qkv) {
         use burn::backend::Dispatch;
-        let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
-        return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(q, k, v));
+        return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(
+            qkv.into_dispatch(),
+            heads,
+        ));
     }
-    module::attention(q, k, v, None, None, AttentionModuleOptions::default())
+    let [q, k, v] = split_heads(qkv, heads);
+    merge_heads(module::attention(
+        q,
+        k,
+        v,
+        None,
+        None,
+        AttentionModuleOptions::default(),
+    ))
 }
 
 /// `layer.forward(x)`: `x W + b` for `x` `[..., d_in]`. On `flex` (with autodiff or without)
@@ -206,221 +241,237 @@ mod flex {
     /// keeps the probabilities for [`AttentionBackward`].
     #[backend_extension(Flex, Autodiff)]
     pub trait SdpAttention: Backend {
-        fn sdp_attention(
-            q: FloatTensor<Self>,
-            k: FloatTensor<Self>,
-            v: FloatTensor<Self>,
-        ) -> FloatTensor<Self>;
+        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
     }
 
     impl SdpAttention for Flex {
-        fn sdp_attention(
-            q: FloatTensor<Self>,
-            k: FloatTensor<Self>,
-            v: FloatTensor<Self>,
-        ) -> FloatTensor<Self> {
-            let inputs = AttentionInputs::new(q, k, v);
+        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+            let inputs = AttentionInputs::new(qkv, heads);
             let (out, _) = attention_forward(&inputs, false);
-            inputs.output(out)
+            inputs.merged(out)
         }
     }
 
     impl<C: CheckpointStrategy> SdpAttention for Autodiff<Flex, C> {
-        fn sdp_attention(
-            q: FloatTensor<Self>,
-            k: FloatTensor<Self>,
-            v: FloatTensor<Self>,
-        ) -> FloatTensor<Self> {
-            let nodes = [q.node(), k.node(), v.node()];
-            let inputs = AttentionInputs::new(q.into_primitive(), k.into_primitive(), v.into_primitive());
+        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+            let nodes = [qkv.node()];
+            let inputs = AttentionInputs::new(qkv.into_primitive(), heads);
             match AttentionBackward.prepare::<C>(nodes).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => {
                     let (out, probabilities) = attention_forward(&inputs, true);
-                    let out = inputs.output(out);
+                    let out = inputs.merged(out);
                     prep.finish((Arc::new(inputs), Arc::new(probabilities)), out)
                 }
                 OpsKind::UnTracked(prep) => {
                     let (out, _) = attention_forward(&inputs, false);
-                    prep.finish(inputs.output(out))
+                    prep.finish(inputs.merged(out))
                 }
             }
         }
     }
 
-    /// A `[batch, heads, tokens, dim]` `flex` tensor read where it lies: the head split
-    /// leaves queries, keys and values as strided views of the fused projection, and copying
-    /// them out cost more than the softmax.
-    #[derive(Debug)]
-    struct HeadView {
-        tensor: FloatTensor<Flex>,
-        /// Element strides of batch, head, token and dim.
-        strides: [usize; 4],
-        shape: [usize; 4],
-    }
-
-    impl HeadView {
-        fn new(x: FloatTensor<Flex>) -> Self {
-            let dims = x.layout().shape().to_vec();
-            let [batch, heads, tokens, dim] = dims[..] else {
-                panic!("attention takes [batch, heads, tokens, dim] tensors, got {dims:?}")
-            };
-            // Negative strides (a flipped view) are copied to a plain layout first.
-            let x = if x.layout().strides().iter().all(|&s| s >= 0) {
-                x
-            } else {
-                x.to_contiguous()
-            };
-            let s = x.layout().strides();
-            Self {
-                strides: [s[0], s[1], s[2], s[3]].map(|s| s as usize),
-                shape: [batch, heads, tokens, dim],
-                tensor: x,
-            }
-        }
-
-        /// One (image, head) pair's `[tokens, dim]` matrix: the storage from its first element
-        /// on, and its (column, row) strides.
-        fn pair(&self, pair: usize) -> (&[f32], usize, usize) {
-            let [_, heads, _, _] = self.shape;
-            let [sb, sh, st, sd] = self.strides;
-            let start = self.tensor.layout().start_offset() + (pair / heads) * sb + (pair % heads) * sh;
-            (&self.tensor.storage::<f32>()[start..], sd, st)
-        }
-    }
-
-    /// Queries `[batch, heads, queries, head_dim]`, keys `[batch, heads, keys, head_dim]` and
-    /// values `[batch, heads, keys, value_dim]`; a pair is one (image, head).
+    /// The fused projection `[batch, tokens, 3 * dim]`, dense, and its geometry. A pair is
+    /// one (image, head); its queries, keys and values are `[tokens, head_dim]` matrices
+    /// with row stride `3 * dim`, and its context goes to a `[tokens, head_dim]` band of the
+    /// merged `[batch, tokens, dim]` output, row stride `dim`.
     #[derive(Debug)]
     pub struct AttentionInputs {
-        q: HeadView,
-        k: HeadView,
-        v: HeadView,
-        /// `[batch, heads]` of the inputs' shape.
-        batch_heads: [usize; 2],
-        queries: usize,
-        keys: usize,
+        qkv: FloatTensor<Flex>,
+        batch: usize,
+        heads: usize,
+        tokens: usize,
         head_dim: usize,
-        value_dim: usize,
+    }
+
+    /// Which of the fused projection's three parts.
+    #[derive(Clone, Copy)]
+    enum Part {
+        Query = 0,
+        Key = 1,
+        Value = 2,
     }
 
     impl AttentionInputs {
-        fn new(q: FloatTensor<Flex>, k: FloatTensor<Flex>, v: FloatTensor<Flex>) -> Self {
-            let (q, k, v) = (HeadView::new(q), HeadView::new(k), HeadView::new(v));
-            let [batch, heads, queries, head_dim] = q.shape;
-            assert_eq!(
-                k.shape[..3],
-                [batch, heads, v.shape[2]],
-                "keys and values disagree"
+        fn new(qkv: FloatTensor<Flex>, heads: usize) -> Self {
+            let (qkv, dims) = dense(qkv);
+            let [batch, tokens, width] = dims[..] else {
+                panic!("attention takes a [batch, tokens, 3 * dim] projection, got {dims:?}")
+            };
+            assert!(
+                heads > 0 && width % (3 * heads) == 0,
+                "attention: {width} columns do not split into q, k, v of {heads} heads"
             );
-            assert_eq!(k.shape[3], head_dim, "queries and keys disagree");
             Self {
-                batch_heads: [batch, heads],
-                queries,
-                keys: k.shape[2],
-                head_dim,
-                value_dim: v.shape[3],
-                q,
-                k,
-                v,
+                qkv,
+                batch,
+                heads,
+                tokens,
+                head_dim: width / 3 / heads,
             }
+        }
+
+        fn dim(&self) -> usize {
+            self.heads * self.head_dim
         }
 
         fn scale(&self) -> f32 {
             (self.head_dim as f32).powf(-0.5)
         }
 
-        fn output(&self, out: Vec<f32>) -> FloatTensor<Flex> {
-            let [batch, heads] = self.batch_heads;
-            let shape = [batch, heads, self.queries, self.value_dim];
-            FloatTensor::<Flex>::from_data(TensorData::new(out, shape))
+        /// Offset of `pair`'s `[tokens, head_dim]` band in a `[batch, tokens, parts * dim]`
+        /// tensor, `part` being which of the `parts` column groups.
+        fn band(&self, pair: usize, part: usize, parts: usize) -> usize {
+            let (image, head) = (pair / self.heads, pair % self.heads);
+            image * self.tokens * parts * self.dim() + part * self.dim() + head * self.head_dim
+        }
+
+        /// One pair's part, from its first element on, with its (column, row) strides.
+        fn read(&self, pair: usize, part: Part) -> (&[f32], usize, usize) {
+            let start = self.band(pair, part as usize, 3);
+            (&self.qkv.storage::<f32>()[start..], 1, 3 * self.dim())
+        }
+
+        fn merged(&self, out: Vec<f32>) -> FloatTensor<Flex> {
+            FloatTensor::<Flex>::from_data(TensorData::new(out, [self.batch, self.tokens, self.dim()]))
         }
     }
 
-    /// `softmax(scale q kᵀ) v` per pair, heads spread over the cores; with `keep`, also the
-    /// probabilities `[pairs, queries, keys]` (for the backward pass).
+    /// A buffer that the tasks of one parallel loop write in disjoint bands.
+    #[derive(Clone, Copy)]
+    struct Bands(*mut f32, usize);
+
+    // SAFETY: every task writes only its own pair's bands ([`AttentionInputs::band`]).
+    unsafe impl Send for Bands {}
+    unsafe impl Sync for Bands {}
+
+    impl Bands {
+        fn new(buffer: &mut [f32]) -> Self {
+            Self(buffer.as_mut_ptr(), buffer.len())
+        }
+
+        /// `dst = scale lhs · rhs` into the `[m, n]` band at `offset` with row stride `rs`.
+        ///
+        /// SAFETY: no other task may touch that band meanwhile.
+        unsafe fn matmul(
+            self,
+            (offset, rs): (usize, usize),
+            [m, n, k]: [usize; 3],
+            lhs: (&[f32], usize, usize),
+            rhs: (&[f32], usize, usize),
+            scale: f32,
+        ) {
+            assert!(offset + (m - 1) * rs + n <= self.1);
+            // SAFETY: in bounds by the assert; exclusive by the caller's promise.
+            unsafe {
+                gemm_raw(
+                    self.0.add(offset),
+                    rs,
+                    [m, n, k],
+                    lhs,
+                    rhs,
+                    scale,
+                    gemm::Parallelism::None,
+                )
+            }
+        }
+    }
+
+    /// `softmax(scale q kᵀ) v` per pair, written into the merged `[batch, tokens, dim]`
+    /// output, pairs spread over the cores; with `keep`, also the probabilities
+    /// `[pairs, tokens, tokens]` (for the backward pass).
     fn attention_forward(x: &AttentionInputs, keep: bool) -> (Vec<f32>, Vec<f32>) {
-        let (nq, nk, d, dv) = (x.queries, x.keys, x.head_dim, x.value_dim);
-        let pairs = x.batch_heads[0] * x.batch_heads[1];
-        let mut out = vec![0f32; pairs * nq * dv];
-        let mut kept = vec![0f32; if keep { pairs * nq * nk } else { 0 }];
-        let one_pair = |pair: usize, out: &mut [f32], scores: &mut [f32]| {
-            let (q, q_cs, q_rs) = x.q.pair(pair);
-            let (k, k_cs, k_rs) = x.k.pair(pair);
-            let (v, v_cs, v_rs) = x.v.pair(pair);
+        let (n, d) = (x.tokens, x.head_dim);
+        let pairs = x.batch * x.heads;
+        let mut out = vec![0f32; x.batch * n * x.dim()];
+        let mut kept = vec![0f32; if keep { pairs * n * n } else { 0 }];
+        let bands = Bands::new(&mut out);
+        let one_pair = |pair: usize, scores: &mut [f32]| {
+            let (q, q_cs, q_rs) = x.read(pair, Part::Query);
+            let (k, k_cs, k_rs) = x.read(pair, Part::Key);
+            let (v, v_cs, v_rs) = x.read(pair, Part::Value);
             // scores = scale q kᵀ
-            matmul(scores, [nq, nk, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
-            softmax_rows(scores, nk);
-            // out = scores v
-            matmul(out, [nq, dv, nk], (scores, 1, nk), (v, v_cs, v_rs), 1.0);
+            matmul(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
+            softmax_rows(scores, n);
+            // out = scores v, into this pair's band of the merged output
+            // SAFETY: one task per pair, and pairs have disjoint bands.
+            unsafe {
+                bands.matmul(
+                    (x.band(pair, 0, 1), x.dim()),
+                    [n, d, n],
+                    (scores, 1, n),
+                    (v, v_cs, v_rs),
+                    1.0,
+                )
+            };
         };
-        let out_chunks = out.par_chunks_mut(nq * dv).enumerate();
         if keep {
             // Each pair's scores become its slice of the kept probabilities.
-            out_chunks
-                .zip(kept.par_chunks_mut(nq * nk))
-                .for_each(|((pair, out), scores)| one_pair(pair, out, scores));
+            kept.par_chunks_mut(n * n)
+                .enumerate()
+                .for_each(|(pair, scores)| one_pair(pair, scores));
         } else {
-            out_chunks.for_each_init(
-                || vec![0f32; nq * nk],
-                |scores, (pair, out)| one_pair(pair, out, scores),
-            );
+            (0..pairs)
+                .into_par_iter()
+                .for_each_init(|| vec![0f32; n * n], |scores, pair| one_pair(pair, scores));
         }
         (out, kept)
     }
 
-    /// The gradients of queries, keys and values from the output's, given the inputs and the
-    /// softmax probabilities P:
+    /// The gradient of the fused projection from the merged output's, given the inputs and
+    /// the softmax probabilities P, per pair:
     /// `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP))`, `dQ = scale dS K`,
-    /// `dK = scale dSᵀ Q`.
+    /// `dK = scale dSᵀ Q`, each written into its band of `d qkv`.
     #[derive(Debug)]
     struct AttentionBackward;
 
-    impl Backward<Flex, 3> for AttentionBackward {
+    impl Backward<Flex, 1> for AttentionBackward {
         type State = (Arc<AttentionInputs>, Arc<Vec<f32>>);
 
-        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let (x, probabilities) = ops.state;
-            let (grad_out, _) = flex_values(grads.consume::<Flex>(&ops.node));
-            let (nq, nk, d, dv) = (x.queries, x.keys, x.head_dim, x.value_dim);
-            let pairs = x.batch_heads[0] * x.batch_heads[1];
-            let mut dq = vec![0f32; pairs * nq * d];
-            let mut dk = vec![0f32; pairs * nk * d];
-            let mut dv_all = vec![0f32; pairs * nk * dv];
-            dq.par_chunks_mut(nq * d)
-                .zip(dk.par_chunks_mut(nk * d))
-                .zip(dv_all.par_chunks_mut(nk * dv))
-                .enumerate()
-                .for_each_init(
-                    || vec![0f32; nq * nk],
-                    |ds, (pair, ((dq, dk), dv_out))| {
-                        let (q, q_cs, q_rs) = x.q.pair(pair);
-                        let (k, k_cs, k_rs) = x.k.pair(pair);
-                        let (v, v_cs, v_rs) = x.v.pair(pair);
-                        let p = &probabilities[pair * nq * nk..][..nq * nk];
-                        let d_out = &grad_out[pair * nq * dv..][..nq * dv];
-                        // dV = Pᵀ dO
-                        matmul(dv_out, [nk, dv, nq], (p, nk, 1), (d_out, 1, dv), 1.0);
-                        // dP = dO Vᵀ, then dS in place
-                        matmul(ds, [nq, nk, dv], (d_out, 1, dv), (v, v_rs, v_cs), 1.0);
-                        softmax_backward_rows(ds, p, nk);
-                        // dQ = scale dS K, dK = scale dSᵀ Q
-                        matmul(dq, [nq, d, nk], (ds, 1, nk), (k, k_cs, k_rs), x.scale());
-                        matmul(dk, [nk, d, nq], (ds, nk, 1), (q, q_cs, q_rs), x.scale());
-                    },
+            let (grad_out, _) = dense(grads.consume::<Flex>(&ops.node));
+            let grad_out = grad_out.storage::<f32>();
+            let (n, d, dim) = (x.tokens, x.head_dim, x.dim());
+            let pairs = x.batch * x.heads;
+            let mut dqkv = vec![0f32; x.batch * n * 3 * dim];
+            let bands = Bands::new(&mut dqkv);
+            (0..pairs).into_par_iter().for_each_init(
+                || vec![0f32; n * n],
+                |ds, pair| {
+                    let (q, q_cs, q_rs) = x.read(pair, Part::Query);
+                    let (k, k_cs, k_rs) = x.read(pair, Part::Key);
+                    let (v, v_cs, v_rs) = x.read(pair, Part::Value);
+                    let p = &probabilities[pair * n * n..][..n * n];
+                    let d_out = &grad_out[x.band(pair, 0, 1)..];
+                    let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
+                    // SAFETY (each `bands.matmul`): one task per pair, disjoint bands.
+                    // dV = Pᵀ dO
+                    unsafe { bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0) };
+                    // dP = dO Vᵀ, then dS in place
+                    matmul(ds, [n, n, d], (d_out, 1, dim), (v, v_rs, v_cs), 1.0);
+                    softmax_backward_rows(ds, p, n);
+                    // dQ = scale dS K, dK = scale dSᵀ Q
+                    unsafe {
+                        bands.matmul(
+                            band(Part::Query),
+                            [n, d, n],
+                            (ds, 1, n),
+                            (k, k_cs, k_rs),
+                            x.scale(),
+                        )
+                    };
+                    unsafe {
+                        bands.matmul(band(Part::Key), [n, d, n], (ds, n, 1), (q, q_cs, q_rs), x.scale())
+                    };
+                },
+            );
+            let [parent] = ops.parents;
+            if let Some(node) = parent {
+                let shape = [x.batch, n, 3 * dim];
+                grads.register::<Flex>(
+                    node.id,
+                    FloatTensor::<Flex>::from_data(TensorData::new(dqkv, shape)),
                 );
-            let [batch, heads] = x.batch_heads;
-            let tensor = |values: Vec<f32>, tokens: usize, dim: usize| {
-                FloatTensor::<Flex>::from_data(TensorData::new(values, [batch, heads, tokens, dim]))
-            };
-            let [parent_q, parent_k, parent_v] = ops.parents;
-            for (parent, grad) in [
-                (parent_q, tensor(dq, nq, d)),
-                (parent_k, tensor(dk, nk, d)),
-                (parent_v, tensor(dv_all, nk, dv)),
-            ] {
-                if let Some(node) = parent {
-                    grads.register::<Flex>(node.id, grad);
-                }
             }
         }
     }
@@ -807,23 +858,42 @@ mod flex {
     fn gemm_into(
         dst: &mut [f32],
         [m, n, k]: [usize; 3],
+        lhs: (&[f32], usize, usize),
+        rhs: (&[f32], usize, usize),
+        scale: f32,
+        parallelism: gemm::Parallelism,
+    ) {
+        assert!(dst.len() >= m * n);
+        // SAFETY: `dst` holds the whole `[m, n]` result and is borrowed exclusively.
+        unsafe { gemm_raw(dst.as_mut_ptr(), n, [m, n, k], lhs, rhs, scale, parallelism) }
+    }
+
+    /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]`, `dst` row-major with row stride `dst_rs`.
+    ///
+    /// SAFETY: `dst` must be valid for writes of the `[m, n]` matrix at that stride, and no
+    /// one else may access it meanwhile.
+    unsafe fn gemm_raw(
+        dst: *mut f32,
+        dst_rs: usize,
+        [m, n, k]: [usize; 3],
         (lhs, lhs_cs, lhs_rs): (&[f32], usize, usize),
         (rhs, rhs_cs, rhs_rs): (&[f32], usize, usize),
         scale: f32,
         parallelism: gemm::Parallelism,
     ) {
         let last = |rows: usize, cols: usize, cs: usize, rs: usize| (rows - 1) * rs + (cols - 1) * cs;
-        assert!(dst.len() >= m * n && m * n * k > 0);
+        assert!(m * n * k > 0 && dst_rs >= n);
         assert!(last(m, k, lhs_cs, lhs_rs) < lhs.len() && last(k, n, rhs_cs, rhs_rs) < rhs.len());
-        // SAFETY: the asserts keep every strided access inside its slice.
+        // SAFETY: the asserts keep every strided read inside its slice; the caller vouches
+        // for `dst`.
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
+                dst,
                 1,
-                n as isize,
+                dst_rs as isize,
                 false,
                 lhs.as_ptr(),
                 lhs_cs as isize,
@@ -1081,53 +1151,51 @@ mod tests {
             .assert_approx_eq::<f32>(&expected, Tolerance::absolute(2e-6));
     }
 
-    #[test]
-    fn attention_equals_burns_attention() {
-        let device = flex();
-        // Non-contiguous inputs (as the ViT's head split makes them), keys != queries.
-        let q = Tensor::<4>::random([2, 5, 3, 16], Distribution::Normal(0.0, 2.0), &device).swap_dims(1, 2);
-        let k = Tensor::<4>::random([2, 9, 3, 16], Distribution::Normal(0.0, 2.0), &device).swap_dims(1, 2);
-        let v = Tensor::<4>::random([2, 3, 9, 8], Distribution::Normal(0.0, 1.0), &device);
-        let expected = module::attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
+    /// burn's attention on the fused projection, through the head split and merge.
+    fn burns_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+        let [q, k, v] = split_heads(qkv, heads);
+        merge_heads(module::attention(
+            q,
+            k,
+            v,
             None,
             None,
             AttentionModuleOptions::default(),
-        )
-        .into_data();
-        attention(q, k, v)
-            .into_data()
-            .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+        ))
+    }
+
+    #[test]
+    fn attention_equals_burns_attention() {
+        let device = flex();
+        // 3 heads of 16; a non-contiguous projection (copied first) and a contiguous one.
+        let strided =
+            Tensor::<3>::random([2, 144, 5], Distribution::Normal(0.0, 2.0), &device).swap_dims(1, 2);
+        let dense = Tensor::<3>::random([3, 7, 144], Distribution::Normal(0.0, 2.0), &device);
+        for qkv in [strided, dense] {
+            let expected = burns_attention(qkv.clone(), 3).into_data();
+            let got = attention(qkv, 3).into_data();
+            assert_eq!(got.shape(), expected.shape());
+            got.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+        }
     }
 
     #[test]
     fn attention_gradients_equal_burns() {
         let device = flex().autodiff();
-        let random = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.5), &device);
-        // Non-contiguous queries and keys (as the ViT's head split makes them), keys != queries.
-        let (q, k, v) = (
-            random([2, 7, 3, 16]),
-            random([2, 11, 3, 16]),
-            random([2, 3, 11, 8]),
-        );
-        let weight = random([2, 3, 7, 8]);
-        let grads_of = |f: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| {
-            let (q, k, v) = (
-                q.clone().require_grad(),
-                k.clone().require_grad(),
-                v.clone().require_grad(),
-            );
-            let out = f(q.clone().swap_dims(1, 2), k.clone().swap_dims(1, 2), v.clone());
+        let qkv = Tensor::<3>::random([2, 7, 144], Distribution::Normal(0.0, 1.5), &device);
+        let weight = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.5), &device);
+        let grads_of = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            let qkv = qkv.clone().require_grad();
+            let out = f(qkv.clone());
             let grads = (out.clone() * weight.clone()).sum().backward();
-            let grad = |t: &Tensor<4>| t.grad(&grads).expect("tracked").into_data();
-            [out.inner().into_data(), grad(&q), grad(&k), grad(&v)]
+            [
+                out.inner().into_data(),
+                qkv.grad(&grads).expect("tracked").into_data(),
+            ]
         };
-        let ours = grads_of(&|q, k, v| attention(q, k, v));
-        let burns =
-            grads_of(&|q, k, v| module::attention(q, k, v, None, None, AttentionModuleOptions::default()));
-        for (name, (a, b)) in ["output", "dq", "dk", "dv"].iter().zip(ours.iter().zip(&burns)) {
+        let ours = grads_of(&|qkv| attention(qkv, 3));
+        let burns = grads_of(&|qkv| burns_attention(qkv, 3));
+        for (name, (a, b)) in ["output", "dqkv"].iter().zip(ours.iter().zip(&burns)) {
             assert_eq!(a.shape(), b.shape(), "{name}");
             a.assert_approx_eq::<f32>(b, Tolerance::absolute(2e-5));
         }
