@@ -562,42 +562,46 @@ mod flex {
                     FloatTensor::<Flex>::from_data(TensorData::new(dx, shape)),
                 );
             }
+            if parent_weight.is_none() && parent_bias.is_none() {
+                return;
+            }
+            let (x, _) = dense(x);
+            let x = x.storage::<f32>();
+            // dW and db are sums over the rows: each core sums its share of the rows into its
+            // own partial (one single-threaded GEMM; measured 5-25 % faster than one GEMM
+            // split by gemm itself), and the partials are added.
+            let parts = rayon::current_num_threads().min(rows / 256).max(1);
+            let block = rows.div_ceil(parts);
+            let (dw, db) = x[..rows * d_in]
+                .par_chunks(block * d_in)
+                .zip(grad[..rows * d_out].par_chunks(block * d_out))
+                .map(|(x, grad)| {
+                    let m = x.len() / d_in;
+                    let mut dw = vec![0f32; if parent_weight.is_some() { d_in * d_out } else { 0 }];
+                    if parent_weight.is_some() {
+                        // Xᵀ is X [m, d_in] read with its strides swapped.
+                        matmul(&mut dw, [d_in, d_out, m], (x, d_in, 1), (grad, 1, d_out), 1.0);
+                    }
+                    let mut db = vec![0f32; d_out];
+                    for row in grad.chunks_exact(d_out) {
+                        db.iter_mut().zip(row).for_each(|(sum, g)| *sum += g);
+                    }
+                    (dw, db)
+                })
+                .reduce_with(|(mut dw, mut db), (dw2, db2)| {
+                    dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
+                    db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
+                    (dw, db)
+                })
+                .expect("at least one row");
+            let tensor = |values: Vec<f32>, shape: Vec<usize>| {
+                FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
+            };
             if let Some(node) = parent_weight {
-                let (x, _) = dense(x);
-                let mut dw = vec![0f32; d_in * d_out];
-                // Xᵀ is X [rows, d_in] read with its strides swapped.
-                gemm_into(
-                    &mut dw,
-                    [d_in, d_out, rows],
-                    (x.storage(), d_in, 1),
-                    (grad, 1, d_out),
-                    1.0,
-                    gemm::Parallelism::Rayon(0),
-                );
-                grads.register::<Flex>(
-                    node.id,
-                    FloatTensor::<Flex>::from_data(TensorData::new(dw, [d_in, d_out])),
-                );
+                grads.register::<Flex>(node.id, tensor(dw, vec![d_in, d_out]));
             }
             if let Some(node) = parent_bias {
-                let db = grad
-                    .par_chunks(d_out * block_rows(rows))
-                    .map(|block| {
-                        let mut sums = vec![0f32; d_out];
-                        for row in block.chunks_exact(d_out) {
-                            sums.iter_mut().zip(row).for_each(|(sum, x)| *sum += x);
-                        }
-                        sums
-                    })
-                    .reduce_with(|mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    })
-                    .unwrap_or_else(|| vec![0f32; d_out]);
-                grads.register::<Flex>(
-                    node.id,
-                    FloatTensor::<Flex>::from_data(TensorData::new(db, [d_out])),
-                );
+                grads.register::<Flex>(node.id, tensor(db, vec![d_out]));
             }
         }
     }
