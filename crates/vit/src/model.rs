@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
-use crate::kernels::{attention, gelu, linear, merge_heads, split_heads};
+use crate::kernels::{attention, gelu, layer_norm, linear, merge_heads, split_heads};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
 fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -108,6 +108,8 @@ pub struct Block {
     pub attn: Attention,
     pub norm2: LayerNorm,
     pub mlp: Mlp,
+    /// The norms' epsilon, which [`layer_norm`] needs and burn's `LayerNorm` keeps private.
+    pub(crate) norm_eps: f64,
 }
 
 impl Block {
@@ -122,18 +124,24 @@ impl Block {
             attn: Attention::new(config, device),
             norm2: norm(),
             mlp: Mlp::new(config, device),
+            norm_eps: config.norm_eps,
         }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        let x = x.clone() + self.attn.forward(layer_norm(&self.norm1, x, self.norm_eps));
+        x.clone() + self.mlp.forward(layer_norm(&self.norm2, x, self.norm_eps))
     }
 
     pub fn forward_with_weights(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let (attended, weights) = self.attn.forward_with_weights(self.norm1.forward(x.clone()));
+        let (attended, weights) =
+            self.attn
+                .forward_with_weights(layer_norm(&self.norm1, x.clone(), self.norm_eps));
         let x = x + attended;
-        (x.clone() + self.mlp.forward(self.norm2.forward(x)), weights)
+        (
+            x.clone() + self.mlp.forward(layer_norm(&self.norm2, x, self.norm_eps)),
+            weights,
+        )
     }
 }
 
@@ -154,6 +162,8 @@ pub struct VisionTransformer {
     pub blocks: Vec<Block>,
     pub norm: LayerNorm,
     pub head: Linear,
+    /// The final norm's epsilon (see [`Block`]).
+    pub(crate) norm_eps: f64,
 }
 
 impl VitConfig {
@@ -174,6 +184,7 @@ impl VitConfig {
             blocks: (0..self.depth).map(|_| Block::new(self, device)).collect(),
             norm: LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device),
             head: init_linear(d, self.num_classes, true, device),
+            norm_eps: self.norm_eps,
         }
     }
 }
@@ -190,7 +201,9 @@ impl VisionTransformer {
 
     fn classify(&self, tokens: Tensor<3>) -> Tensor<2> {
         let [batch, _, dim] = tokens.dims();
-        let cls = self.norm.forward(tokens).narrow(1, 0, 1).reshape([batch, dim]);
+        let cls = layer_norm(&self.norm, tokens, self.norm_eps)
+            .narrow(1, 0, 1)
+            .reshape([batch, dim]);
         linear(&self.head, cls)
     }
 
