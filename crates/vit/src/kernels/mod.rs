@@ -218,8 +218,16 @@ mod flex {
         fn erf_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
             match GeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => {
-                    let input = x.into_primitive();
-                    prep.finish(input.clone(), Flex::erf_gelu(input))
+                    // The graph keeps the input, so the output is a new buffer (`Flex`'s
+                    // in-place kernel would copy the input first).
+                    let (input, shape) = dense(x.into_primitive());
+                    let values = &input.storage::<f32>()[..input.layout().num_elements()];
+                    let mut out = vec![0f32; values.len()];
+                    out.par_chunks_mut(CHUNK)
+                        .zip(values.par_chunks(CHUNK))
+                        .for_each(|(out, x)| gelu_into(out, x));
+                    let out = FloatTensor::<Flex>::from_data(TensorData::new(out, shape));
+                    prep.finish(input, out)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(Flex::erf_gelu(x.into_primitive())),
             }
@@ -236,7 +244,10 @@ mod flex {
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let x = ops.state;
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                let (x, _) = flex_values(x);
+                // Read where it lies: the state may still be shared, and a copy cost more
+                // than the kernel.
+                let (x, _) = dense(x);
+                let x = &x.storage::<f32>()[..x.layout().num_elements()];
                 let (mut grad, shape) = flex_values(grad);
                 grad.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK))
@@ -1193,6 +1204,15 @@ multiversion! {
     fn gelu_slice(xs: &mut [f32]) {
         for x in xs {
             *x = gelu_one(*x);
+        }
+    }
+}
+
+multiversion! {
+    /// [`gelu_one`] of every element of `x`, into `out`.
+    fn gelu_into(out: &mut [f32], x: &[f32]) {
+        for (out, &x) in out.iter_mut().zip(x) {
+            *out = gelu_one(x);
         }
     }
 }
