@@ -21,10 +21,16 @@ pub struct BenchArgs {
     /// Timed runs per workload (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Run gaze's and PyTorch's benches alternately this many times and report the median
+    /// of the rounds: on a shared machine the speed drifts over minutes, and alternating lets
+    /// both sides see the same drift.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Python with torch and timm for the reference rows (skipped if it has neither).
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
-    /// Also write {"machine", "rows": [{"workload", "unit", "gaze", "pytorch", "ratio"}]} here.
+    /// Also write {"machine", "rows": [{"workload", "unit", "gaze", "pytorch", "ratio",
+    /// "gaze_rounds", "pytorch_rounds"}]} here (the rounds' values before the median).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -40,6 +46,17 @@ fn value(rows: &[Value], workload: &str) -> Option<f64> {
     rows.iter()
         .find(|r| r["workload"] == workload)
         .and_then(|r| r["value"].as_f64())
+}
+
+/// The median over the rounds of `workload`'s value (rounds without it are skipped).
+fn median_value(rounds: &[Vec<Value>], workload: &str) -> Option<f64> {
+    let mut values: Vec<f64> = rounds.iter().filter_map(|rows| value(rows, workload)).collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[n / 2]),
+        n => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 fn cpu_model() -> String {
@@ -75,36 +92,46 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         cmd.envs(crate::libtorch_env(&args.python)?);
     }
     println!("gaze ({}): {cmd:?}", args.backend);
-    let out = cmd.output().context("could not run cargo")?;
-    if !out.status.success() {
-        bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let gaze = json_lines(&out.stdout);
     let script = root.join("tools/bench_pytorch.py");
-    let pytorch = match Command::new(&args.python)
+    let mut torch = Command::new(&args.python);
+    torch
         .arg(&script)
         .env("BENCH_REPEATS", &repeats)
-        .env("BENCH_TORCH_DEVICE", &args.torch_device)
-        .output()
-    {
-        Ok(o) if o.status.success() => json_lines(&o.stdout),
-        _ => {
-            println!(
-                "(no PyTorch rows: {} cannot run {} with torch and timm)",
-                args.python.display(),
-                script.display()
-            );
-            Vec::new()
+        .env("BENCH_TORCH_DEVICE", &args.torch_device);
+    let (mut gaze_rounds, mut pytorch_rounds) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
         }
-    };
+        let out = cmd.output().context("could not run cargo")?;
+        if !out.status.success() {
+            bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        gaze_rounds.push(json_lines(&out.stdout));
+        match torch.output() {
+            Ok(o) if o.status.success() => pytorch_rounds.push(json_lines(&o.stdout)),
+            _ => {
+                println!(
+                    "(no PyTorch rows: {} cannot run {} with torch and timm)",
+                    args.python.display(),
+                    script.display()
+                );
+                break;
+            }
+        }
+    }
+    let gaze = &gaze_rounds[0];
     let mut rows = Vec::new();
     println!(
         "\n| workload | unit | gaze | PyTorch | ratio (above 1: gaze is faster) |\n|---|---|---|---|---|"
     );
-    for row in &gaze {
+    for row in gaze {
         let workload = row["workload"].as_str().unwrap_or_default();
         let unit = row["unit"].as_str().unwrap_or("images/s");
-        let (g, p) = (row["value"].as_f64(), value(&pytorch, workload));
+        let (g, p) = (
+            median_value(&gaze_rounds, workload),
+            median_value(&pytorch_rounds, workload),
+        );
         // Throughput: gaze / PyTorch; latency (seconds): PyTorch / gaze.
         let ratio = g.zip(p).map(|(g, p)| if unit == "s" { p / g } else { g / p });
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
@@ -114,7 +141,13 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             fmt(p),
             fmt(ratio)
         );
-        rows.push(json!({"workload": workload, "unit": unit, "gaze": g, "pytorch": p, "ratio": ratio}));
+        let each = |rounds: &[Vec<Value>]| -> Vec<Option<f64>> {
+            rounds.iter().map(|rows| value(rows, workload)).collect()
+        };
+        rows.push(json!({
+            "workload": workload, "unit": unit, "gaze": g, "pytorch": p, "ratio": ratio,
+            "gaze_rounds": each(&gaze_rounds), "pytorch_rounds": each(&pytorch_rounds),
+        }));
     }
     if let Some(path) = &args.json {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -126,6 +159,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
                 "threads": threads,
                 "cpu": cpu_model(),
                 "repeats": args.repeats,
+                "rounds": args.rounds,
             },
             "rows": rows,
         });
