@@ -189,6 +189,7 @@ pub fn plain_flex<const D: usize>(x: &Tensor<D>) -> bool {
 #[cfg(feature = "flex")]
 mod flex {
     use super::*;
+    use burn::backend::autodiff::NodeId;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -271,6 +272,13 @@ mod flex {
                 .expect("on_flex() lets f32 tensors through only"),
             shape,
         )
+    }
+
+    /// Registers `values`, row-major of `shape`, as the gradient of `node` if it is tracked.
+    fn register(grads: &mut Gradients, node: Option<NodeId>, values: Vec<f32>, shape: Vec<usize>) {
+        if let Some(id) = node {
+            grads.register::<Flex>(id, FloatTensor::<Flex>::from_data(TensorData::new(values, shape)));
+        }
     }
 
     /// Attention as a backend extension: `Flex` runs [`attention_forward`], `Autodiff<Flex>`
@@ -502,13 +510,7 @@ mod flex {
                 },
             );
             let [parent] = ops.parents;
-            if let Some(node) = parent {
-                let shape = [x.batch, n, 3 * dim];
-                grads.register::<Flex>(
-                    node.id,
-                    FloatTensor::<Flex>::from_data(TensorData::new(dqkv, shape)),
-                );
-            }
+            register(grads, parent.map(|node| node.id), dqkv, vec![x.batch, n, 3 * dim]);
         }
     }
 
@@ -620,12 +622,7 @@ mod flex {
                 (parent_gamma, dgamma, vec![d]),
                 (parent_beta, dbeta, vec![d]),
             ] {
-                if let Some(node) = parent {
-                    grads.register::<Flex>(
-                        node.id,
-                        FloatTensor::<Flex>::from_data(TensorData::new(values, shape)),
-                    );
-                }
+                register(grads, parent.map(|node| node.id), values, shape);
             }
         }
     }
@@ -711,10 +708,7 @@ mod flex {
                     d_in,
                     None,
                 );
-                grads.register::<Flex>(
-                    node.id,
-                    FloatTensor::<Flex>::from_data(TensorData::new(dx, shape)),
-                );
+                register(grads, Some(node.id), dx, shape);
             }
             if parent_weight.is_none() && parent_bias.is_none() {
                 return;
@@ -748,15 +742,8 @@ mod flex {
                     (dw, db)
                 })
                 .expect("at least one row");
-            let tensor = |values: Vec<f32>, shape: Vec<usize>| {
-                FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
-            };
-            if let Some(node) = parent_weight {
-                grads.register::<Flex>(node.id, tensor(dw, vec![d_in, d_out]));
-            }
-            if let Some(node) = parent_bias {
-                grads.register::<Flex>(node.id, tensor(db, vec![d_out]));
-            }
+            register(grads, parent_weight.map(|node| node.id), dw, vec![d_in, d_out]);
+            register(grads, parent_bias.map(|node| node.id), db, vec![d_out]);
         }
     }
 
