@@ -78,7 +78,7 @@ pub fn merge_heads(context: Tensor<4>) -> Tensor<3> {
 /// under autodiff their backward two more, plus a zero-filled gradient per chunk).
 pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     #[cfg(feature = "flex")]
-    if flex::on_flex(&qkv) {
+    if flex::on_flex(&qkv) && qkv.shape().num_elements() > 0 {
         use burn::backend::Dispatch;
         return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(
             qkv.into_dispatch(),
@@ -126,6 +126,7 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
     #[cfg(feature = "flex")]
     if let Some(beta) = &norm.beta
         && flex::on_flex(&x)
+        && x.shape().num_elements() > 0
     {
         use burn::backend::Dispatch;
         return Tensor::from_dispatch(<Dispatch as flex::RowNorm>::row_norm(
@@ -719,14 +720,14 @@ mod flex {
             // own partial (one single-threaded GEMM; measured 5-25 % faster than one GEMM
             // split by gemm itself), and the partials are added.
             let parts = rayon::current_num_threads().min(rows / 256).max(1);
-            let block = rows.div_ceil(parts);
+            let block = rows.div_ceil(parts).max(1);
             let (dw, db) = x[..rows * d_in]
                 .par_chunks(block * d_in)
                 .zip(grad[..rows * d_out].par_chunks(block * d_out))
                 .map(|(x, grad)| {
                     let m = x.len() / d_in;
                     let mut dw = vec![0f32; if parent_weight.is_some() { d_in * d_out } else { 0 }];
-                    if parent_weight.is_some() {
+                    if !dw.is_empty() {
                         // Xᵀ is X [m, d_in] read with its strides swapped.
                         matmul(&mut dw, [d_in, d_out, m], (x, d_in, 1), (grad, 1, d_out), 1.0);
                     }
@@ -741,7 +742,7 @@ mod flex {
                     db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
                     (dw, db)
                 })
-                .expect("at least one row");
+                .unwrap_or_else(|| (vec![0f32; d_in * d_out], vec![0f32; d_out]));
             register(grads, parent_weight.map(|node| node.id), dw, vec![d_in, d_out]);
             register(grads, parent_bias.map(|node| node.id), db, vec![d_out]);
         }
@@ -806,10 +807,16 @@ mod flex {
         n: usize,
         bias: Option<&[f32]>,
     ) -> Vec<f32> {
-        let last = |r: usize, c: usize, cs: usize, rs: usize| (r - 1) * rs + (c - 1) * cs;
-        assert!(rows * k * n > 0 && lhs.len() >= rows * k);
-        assert!(last(k, n, rhs_cs, rhs_rs) < rhs.len());
         assert!(bias.is_none_or(|b| b.len() == n));
+        // An empty batch (which `flex`'s own matmul does not survive) or an empty layer.
+        if rows * n == 0 {
+            return Vec::new();
+        }
+        if k == 0 {
+            return bias.map_or_else(|| vec![0f32; rows * n], |b| b.repeat(rows));
+        }
+        let last = |r: usize, c: usize, cs: usize, rs: usize| (r - 1) * rs + (c - 1) * cs;
+        assert!(lhs.len() >= rows * k && last(k, n, rhs_cs, rhs_rs) < rhs.len());
         let mut out = Vec::<f32>::with_capacity(rows * n);
         let block = block_rows(rows);
         let parallelism = if block == rows {
@@ -1577,6 +1584,31 @@ mod tests {
                 a.assert_approx_eq::<f32>(b, Tolerance::absolute(1e-3));
             }
         }
+    }
+
+    #[test]
+    fn empty_batches_pass_through() {
+        // burn's own linear layer crashes on an empty batch (flex's matmul); ours returns one.
+        let device = flex();
+        let x = Tensor::<3>::zeros([0, 5, 24], &device);
+        let layer = random_linear(24, 17, false, &device);
+        assert_eq!(linear(&layer, x.clone()).dims(), [0, 5, 17]);
+        let norm = random_norm(24, 1e-6, &device);
+        assert_eq!(layer_norm(&norm, x.clone(), 1e-6).dims(), [0, 5, 24]);
+        assert_eq!(
+            attention(Tensor::zeros([0, 5, 72], &device), 3).dims(),
+            [0, 5, 24]
+        );
+        assert_eq!(gelu(x).dims(), [0, 5, 24]);
+        // Training on nothing: zero gradients of the right shapes.
+        let device = device.autodiff();
+        let layer = random_linear(24, 17, false, &device);
+        let x = Tensor::<3>::zeros([0, 5, 24], &device).require_grad();
+        let grads = linear(&layer, x.clone()).sum().backward();
+        let dw = layer.weight.grad(&grads).expect("weight is tracked");
+        assert_eq!(dw.dims(), [24, 17]);
+        assert_eq!(dw.abs().sum().into_scalar::<f32>(), 0.0);
+        assert_eq!(x.grad(&grads).expect("x is tracked").dims(), [0, 5, 24]);
     }
 
     #[test]
