@@ -29,8 +29,8 @@
 //!   its arithmetic and each weight matrix is read once per token; these work on plain
 //!   slices, with a few spinning threads splitting each product.
 //!
-//! GELU, attention, the linear layer and the layer norm are burn backend extensions (`#[backend_extension(Flex, Autodiff)]`)
-//! with their own `Backward`. The fast paths run for `f32` tensors on the `flex` device
+//! GELU, attention, the linear layer and the layer norm are burn backend extensions
+//! (`#[backend_extension(Flex, Autodiff)]`) with their own `Backward`. The fast paths run for `f32` tensors on the `flex` device
 //! (the slice kernels take plain `f32` slices); anything else calls burn's own operation, so
 //! results never depend on which path ran beyond rounding (the tests at the bottom bound the
 //! difference, gradients included).
@@ -100,8 +100,8 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 /// the bias is written into the output first and the product added onto it, row blocks of
 /// about one image's tokens spread over the cores, each one single-threaded GEMM: `flex`
 /// zeroes every fresh output, adds the bias in another pass and, at 577 rows, multiplies
-/// eight images on one thread each anyway. Under autodiff its backward is two GEMMs and a
-/// column sum, on the same row blocks.
+/// eight images on one thread each anyway. Under autodiff its backward takes `dX` by the same
+/// row blocks, and `dW` and `db` as one partial sum per core.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
     if let Some(bias) = &layer.bias
@@ -409,8 +409,7 @@ mod flex {
             // SAFETY: in bounds by the assert; exclusive by the caller's promise.
             unsafe {
                 gemm_raw(
-                    self.0.add(offset),
-                    rs,
+                    (self.0.add(offset), rs, false),
                     [m, n, k],
                     lhs,
                     rhs,
@@ -815,8 +814,7 @@ mod flex {
         if k == 0 {
             return bias.map_or_else(|| vec![0f32; rows * n], |b| b.repeat(rows));
         }
-        let last = |r: usize, c: usize, cs: usize, rs: usize| (r - 1) * rs + (c - 1) * cs;
-        assert!(lhs.len() >= rows * k && last(k, n, rhs_cs, rhs_rs) < rhs.len());
+        assert!(lhs.len() >= rows * k);
         let mut out = Vec::<f32>::with_capacity(rows * n);
         let block = block_rows(rows);
         let parallelism = if block == rows {
@@ -836,30 +834,17 @@ mod flex {
                         }
                     }
                 }
-                // SAFETY: the asserts keep every strided read inside its slice; `dst` is this
-                // task's own `[m, n]` block, read only after the bias was written into it.
+                // SAFETY: `dst` is this task's own `[m, n]` block, read only after the bias was
+                // written into it.
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        dst.as_mut_ptr().cast::<f32>(),
-                        1,
-                        n as isize,
-                        bias.is_some(),
-                        lhs.as_ptr(),
-                        1,
-                        k as isize,
-                        rhs.as_ptr(),
-                        rhs_cs as isize,
-                        rhs_rs as isize,
+                    gemm_raw(
+                        (dst.as_mut_ptr().cast::<f32>(), n, bias.is_some()),
+                        [m, n, k],
+                        (lhs, 1, k),
+                        (rhs, rhs_cs, rhs_rs),
                         1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
                         parallelism,
-                    );
+                    )
                 }
             });
         // SAFETY: every block was written, by the bias copy and the GEMM or by the GEMM alone.
@@ -1017,16 +1002,25 @@ mod flex {
     ) {
         assert!(dst.len() >= m * n);
         // SAFETY: `dst` holds the whole `[m, n]` result and is borrowed exclusively.
-        unsafe { gemm_raw(dst.as_mut_ptr(), n, [m, n, k], lhs, rhs, scale, parallelism) }
+        unsafe {
+            gemm_raw(
+                (dst.as_mut_ptr(), n, false),
+                [m, n, k],
+                lhs,
+                rhs,
+                scale,
+                parallelism,
+            )
+        }
     }
 
-    /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]`, `dst` row-major with row stride `dst_rs`.
+    /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]`, or `+=` with `add`, `dst` row-major with row
+    /// stride `dst_rs`.
     ///
-    /// SAFETY: `dst` must be valid for writes of the `[m, n]` matrix at that stride, and no
-    /// one else may access it meanwhile.
+    /// SAFETY: `dst` must be valid for reads (with `add`) and writes of the `[m, n]` matrix at
+    /// that stride, initialised if `add`, and no one else may access it meanwhile.
     unsafe fn gemm_raw(
-        dst: *mut f32,
-        dst_rs: usize,
+        (dst, dst_rs, add): (*mut f32, usize, bool),
         [m, n, k]: [usize; 3],
         (lhs, lhs_cs, lhs_rs): (&[f32], usize, usize),
         (rhs, rhs_cs, rhs_rs): (&[f32], usize, usize),
@@ -1046,14 +1040,14 @@ mod flex {
                 dst,
                 1,
                 dst_rs as isize,
-                false,
+                add,
                 lhs.as_ptr(),
                 lhs_cs as isize,
                 lhs_rs as isize,
                 rhs.as_ptr(),
                 rhs_cs as isize,
                 rhs_rs as isize,
-                0.0,
+                if add { 1.0 } else { 0.0 },
                 scale,
                 false,
                 false,
