@@ -1333,7 +1333,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, Distribution, Tolerance};
+    use burn::tensor::{Device, Distribution, Gradients, TensorData, Tolerance};
 
     /// The `flex` device, seeded.
     pub(super) fn flex() -> Device {
@@ -1407,26 +1407,45 @@ mod tests {
         }
     }
 
+    /// Runs `ours` and `burns` on `x` under autodiff with the loss `(f(x) * weight).sum()`,
+    /// and asserts that the outputs, the gradients of `x` and those `params` reads (named)
+    /// agree within `tolerance`.
+    fn assert_same_gradients<const D: usize>(
+        (x, weight): (&Tensor<D>, &Tensor<D>),
+        ours: &dyn Fn(Tensor<D>) -> Tensor<D>,
+        burns: &dyn Fn(Tensor<D>) -> Tensor<D>,
+        params: &dyn Fn(&Gradients) -> Vec<(&'static str, TensorData)>,
+        tolerance: f32,
+    ) {
+        let run = |f: &dyn Fn(Tensor<D>) -> Tensor<D>| {
+            let x = x.clone().require_grad();
+            let out = f(x.clone());
+            let grads = (out.clone() * weight.clone()).sum().backward();
+            let mut all = vec![
+                ("output", out.inner().into_data()),
+                ("dx", x.grad(&grads).expect("x is tracked").into_data()),
+            ];
+            all.extend(params(&grads));
+            all
+        };
+        for ((name, a), (_, b)) in run(ours).iter().zip(&run(burns)) {
+            assert_eq!(a.shape(), b.shape(), "{name}");
+            a.assert_approx_eq::<f32>(b, Tolerance::absolute(tolerance));
+        }
+    }
+
     #[test]
     fn attention_gradients_equal_burns() {
         let device = flex().autodiff();
         let qkv = Tensor::<3>::random([2, 7, 144], Distribution::Normal(0.0, 1.5), &device);
         let weight = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.5), &device);
-        let grads_of = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
-            let qkv = qkv.clone().require_grad();
-            let out = f(qkv.clone());
-            let grads = (out.clone() * weight.clone()).sum().backward();
-            [
-                out.inner().into_data(),
-                qkv.grad(&grads).expect("tracked").into_data(),
-            ]
-        };
-        let ours = grads_of(&|qkv| attention(qkv, 3));
-        let burns = grads_of(&|qkv| burns_attention(qkv, 3));
-        for (name, (a, b)) in ["output", "dqkv"].iter().zip(ours.iter().zip(&burns)) {
-            assert_eq!(a.shape(), b.shape(), "{name}");
-            a.assert_approx_eq::<f32>(b, Tolerance::absolute(2e-5));
-        }
+        assert_same_gradients(
+            (&qkv, &weight),
+            &|qkv| attention(qkv, 3),
+            &|qkv| burns_attention(qkv, 3),
+            &|_| Vec::new(),
+            2e-5,
+        );
     }
 
     #[test]
@@ -1435,20 +1454,8 @@ mod tests {
         // Wide enough for several parallel chunks, and a weighting so each gradient differs.
         let x = Tensor::<2>::random([3, 20000], Distribution::Normal(0.0, 3.0), &device);
         let w = Tensor::<2>::random([3, 20000], Distribution::Normal(0.0, 1.0), &device);
-        let grad_of = |f: fn(Tensor<2>) -> Tensor<2>| {
-            let x = x.clone().require_grad();
-            let y = f(x.clone());
-            let grads = (y.clone() * w.clone()).sum().backward();
-            (
-                y.inner().into_data(),
-                x.grad(&grads).expect("x is tracked").into_data(),
-            )
-        };
-        let (y, dx) = grad_of(gelu);
-        let (y_burn, dx_burn) = grad_of(activation::gelu);
-        y.assert_approx_eq::<f32>(&y_burn, Tolerance::absolute(2e-6));
         // Φ(x) is off by erf's 4.2e-7 / 2, x φ(x) by exp's 2e-7 relative; |w| < 5 or so.
-        dx.assert_approx_eq::<f32>(&dx_burn, Tolerance::absolute(2e-6));
+        assert_same_gradients((&x, &w), &gelu, &activation::gelu, &|_| Vec::new(), 2e-6);
         assert!(
             flex::on_flex(&x) && !flex::admits(&x),
             "autodiff tensors: GELU yes, attention no"
@@ -1496,30 +1503,23 @@ mod tests {
             let x = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
             let weight =
                 Tensor::<3>::random([shape[0], shape[1], 17], Distribution::Normal(0.0, 1.0), &device);
-            let grads_of = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
-                let x = x.clone().require_grad();
-                let out = f(x.clone());
-                let grads = (out.clone() * weight.clone()).sum().backward();
-                [
-                    out.inner().into_data(),
-                    x.grad(&grads).expect("x is tracked").into_data(),
-                    layer.weight.grad(&grads).expect("weight is tracked").into_data(),
-                    layer
-                        .bias
-                        .as_ref()
-                        .unwrap()
-                        .grad(&grads)
-                        .expect("bias is tracked")
-                        .into_data(),
-                ]
-            };
-            let ours = grads_of(&|x| linear(&layer, x));
-            let burns = grads_of(&|x| layer.forward(x));
-            for (name, (a, b)) in ["output", "dx", "dw", "db"].iter().zip(ours.iter().zip(&burns)) {
-                assert_eq!(a.shape(), b.shape(), "{name}");
-                // Sums over up to 1300 rows of products of unit normals.
-                a.assert_approx_eq::<f32>(b, Tolerance::absolute(1e-3));
-            }
+            let bias = layer.bias.as_ref().unwrap();
+            // Sums over up to 1300 rows of products of unit normals.
+            assert_same_gradients(
+                (&x, &weight),
+                &|x| linear(&layer, x),
+                &|x| layer.forward(x),
+                &|grads| {
+                    vec![
+                        (
+                            "dw",
+                            layer.weight.grad(grads).expect("weight is tracked").into_data(),
+                        ),
+                        ("db", bias.grad(grads).expect("bias is tracked").into_data()),
+                    ]
+                },
+                1e-3,
+            );
         }
     }
 
@@ -1557,29 +1557,20 @@ mod tests {
             let norm = random_norm(d, 1e-6, &device);
             let x = Tensor::<2>::random([rows, d], Distribution::Normal(2.0, 3.0), &device);
             let weight = Tensor::<2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
-            let grads_of = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
-                let x = x.clone().require_grad();
-                let out = f(x.clone());
-                let grads = (out.clone() * weight.clone()).sum().backward();
-                [
-                    out.inner().into_data(),
-                    x.grad(&grads).expect("x is tracked").into_data(),
-                    norm.gamma.grad(&grads).expect("γ is tracked").into_data(),
-                    norm.beta
-                        .as_ref()
-                        .unwrap()
-                        .grad(&grads)
-                        .expect("β is tracked")
-                        .into_data(),
-                ]
-            };
-            let ours = grads_of(&|x| layer_norm(&norm, x, 1e-6));
-            let burns = grads_of(&|x| norm.forward(x));
-            for (name, (a, b)) in ["output", "dx", "dγ", "dβ"].iter().zip(ours.iter().zip(&burns)) {
-                assert_eq!(a.shape(), b.shape(), "{name}");
-                // dγ and dβ sum up to 3000 rows of unit-size terms.
-                a.assert_approx_eq::<f32>(b, Tolerance::absolute(1e-3));
-            }
+            let beta = norm.beta.as_ref().unwrap();
+            // dγ and dβ sum up to 3000 rows of unit-size terms.
+            assert_same_gradients(
+                (&x, &weight),
+                &|x| layer_norm(&norm, x, 1e-6),
+                &|x| norm.forward(x),
+                &|grads| {
+                    vec![
+                        ("dγ", norm.gamma.grad(grads).expect("γ is tracked").into_data()),
+                        ("dβ", beta.grad(grads).expect("β is tracked").into_data()),
+                    ]
+                },
+                1e-3,
+            );
         }
     }
 
