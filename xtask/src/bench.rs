@@ -99,6 +99,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         .env("BENCH_REPEATS", &repeats)
         .env("BENCH_TORCH_DEVICE", &args.torch_device);
     let (mut gaze_rounds, mut pytorch_rounds) = (Vec::new(), Vec::new());
+    let mut torch_runs = true;
     for round in 1..=args.rounds {
         if args.rounds > 1 {
             println!("round {round} of {}", args.rounds);
@@ -108,6 +109,9 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         gaze_rounds.push(json_lines(&out.stdout));
+        if !torch_runs {
+            continue;
+        }
         match torch.output() {
             Ok(o) if o.status.success() => pytorch_rounds.push(json_lines(&o.stdout)),
             _ => {
@@ -116,7 +120,8 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
                     args.python.display(),
                     script.display()
                 );
-                break;
+                // gaze's rounds go on without it.
+                torch_runs = false;
             }
         }
     }
