@@ -88,6 +88,14 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
             heads,
         ));
     }
+    #[cfg(feature = "tch")]
+    if torch::admits(&qkv) {
+        use burn::backend::Dispatch;
+        return Tensor::from_dispatch(<Dispatch as torch::FlashAttention>::flash_attention(
+            qkv.into_dispatch(),
+            heads,
+        ));
+    }
     let [q, k, v] = split_heads(qkv, heads);
     merge_heads(module::attention(
         q,
@@ -1177,6 +1185,8 @@ macro_rules! multiversion {
 }
 
 mod decode;
+#[cfg(feature = "tch")]
+mod torch;
 pub use decode::{ArgmaxHead, Team, attend_one, with_team};
 
 multiversion! {
