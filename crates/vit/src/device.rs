@@ -33,6 +33,8 @@ pub fn available_devices() -> Vec<&'static str> {
 
 /// Parses `flex`, `ndarray`, `tch` (libtorch CPU), `tch-cuda[:N]`, `cuda[:N]`, `wgpu`, or
 /// `auto` (the first of [`available_devices`]).
+// burn 0.22 marks its libtorch backend deprecated; gaze keeps it as a build-time choice.
+#[cfg_attr(feature = "tch", allow(deprecated))]
 pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
     let err = || DeviceError {
         name: name.to_string(),

@@ -152,21 +152,8 @@ impl Backward<LibTorch, 1> for FlashAttentionBackward {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{attention, merge_heads, split_heads};
-    use burn::tensor::{Distribution, Tensor, Tolerance, module, ops::AttentionModuleOptions};
-
-    /// burn's own attention (its composite fallback under autodiff) on the same projection.
-    fn reference(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
-        let [q, k, v] = split_heads(qkv, heads);
-        merge_heads(module::attention(
-            q,
-            k,
-            v,
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        ))
-    }
+    use super::super::{attention, burns_attention};
+    use burn::tensor::{Distribution, Tensor, Tolerance};
 
     #[test]
     fn flash_attention_matches_burn_forward_and_backward() {
@@ -180,7 +167,7 @@ mod tests {
             let out = if fast {
                 attention(qkv.clone(), heads)
             } else {
-                reference(qkv.clone(), heads)
+                burns_attention(qkv.clone(), heads)
             };
             let grads = (out.clone() * weights.clone()).sum().backward();
             (out.inner(), qkv.grad(&grads).expect("qkv has a gradient"))
