@@ -11,7 +11,9 @@
 //!   in the merged output (`flex` copies a strided tensor on every reshape). Under autodiff it
 //!   keeps the probabilities and its backward is five gemm calls per head into the fused
 //!   gradient, where burn would differentiate a chain of generic ops over
-//!   `[batch, heads, n, n]` tensors.
+//!   `[batch, heads, n, n]` tensors. On the `tch` backend's CPU device (module `torch`) it is
+//!   libtorch's flash attention, and under autodiff its backward, as PyTorch runs them: burn
+//!   itself differentiates attention there through the same chain of generic ops.
 //! * [`linear`]: `flex` zeroes each fresh output, adds the bias in a second pass and leaves
 //!   the split over the cores to its batch loop; here the bias is the GEMM's starting value,
 //!   and row blocks of about one image are single-threaded GEMMs spread over the cores, with a
@@ -30,8 +32,9 @@
 //!   slices, with a few spinning threads splitting each product.
 //!
 //! GELU, attention, the linear layer and the layer norm are burn backend extensions
-//! (`#[backend_extension(Flex, Autodiff)]`) with their own `Backward`. The fast paths run for `f32` tensors on the `flex` device
-//! (the slice kernels take plain `f32` slices); anything else calls burn's own operation, so
+//! (`#[backend_extension(Flex, Autodiff)]`) with their own `Backward`. The fast paths run for
+//! `f32` tensors on the `flex` device, attention's also on libtorch's CPU device (the slice
+//! kernels take plain `f32` slices); anything else calls burn's own operation, so
 //! results never depend on which path ran beyond rounding (the tests at the bottom bound the
 //! difference, gradients included).
 

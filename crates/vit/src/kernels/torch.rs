@@ -98,7 +98,7 @@ impl<C: CheckpointStrategy> FlashAttention for Autodiff<LibTorch, C> {
                 };
                 prep.finish(state, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(TchTensor::new(merge(&forward(&qkv.tensor, heads).0))),
+            OpsKind::UnTracked(prep) => prep.finish(LibTorch::flash_attention(qkv, heads)),
         }
     }
 }
@@ -175,8 +175,14 @@ mod tests {
         let (out, grad) = run(true);
         let (want_out, want_grad) = run(false);
         out.into_data()
-            .assert_approx_eq::<f32>(&want_out.into_data(), Tolerance::absolute(1e-5));
+            .assert_approx_eq::<f32>(&want_out.clone().into_data(), Tolerance::absolute(1e-5));
         grad.into_data()
             .assert_approx_eq::<f32>(&want_grad.into_data(), Tolerance::absolute(1e-5));
+        // Outside autodiff (inference) the `LibTorch` implementation runs.
+        let plain = input.inner();
+        assert!(super::admits(&plain) && !plain.is_autodiff());
+        attention(plain, heads)
+            .into_data()
+            .assert_approx_eq::<f32>(&want_out.into_data(), Tolerance::absolute(1e-5));
     }
 }
