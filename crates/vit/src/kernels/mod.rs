@@ -245,10 +245,13 @@ mod flex {
                     // in-place kernel would copy the input first).
                     let (input, shape) = dense(x.into_primitive());
                     let values = &input.storage::<f32>()[..input.layout().num_elements()];
-                    let mut out = vec![0f32; values.len()];
-                    out.par_chunks_mut(CHUNK)
+                    let mut out = Vec::with_capacity(values.len());
+                    out.spare_capacity_mut()[..values.len()]
+                        .par_chunks_mut(CHUNK)
                         .zip(values.par_chunks(CHUNK))
-                        .for_each(|(out, x)| gelu_into(out, x));
+                        .for_each(|(out, x)| gelu_into(zeroed(out), x));
+                    // SAFETY: `zeroed` initialised every chunk.
+                    unsafe { out.set_len(values.len()) };
                     let out = FloatTensor::<Flex>::from_data(TensorData::new(out, shape));
                     prep.finish(input, out)
                 }
@@ -576,13 +579,18 @@ mod flex {
         );
         let x = &x.storage::<f32>()[..x.layout().num_elements()];
         let rows = x.len() / d;
-        let mut out = vec![0f32; x.len()];
+        let mut out = Vec::with_capacity(x.len());
         let mut stats = vec![[0f32; 2]; rows];
         let block = CHUNK.div_ceil(d);
-        out.par_chunks_mut(block * d)
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(block * d)
             .zip(x.par_chunks(block * d))
             .zip(stats.par_chunks_mut(block))
-            .for_each(|((out, x), stats)| norm_rows(out, x, stats, &gamma[..d], &beta[..d], epsilon as f32));
+            .for_each(|((out, x), stats)| {
+                norm_rows(zeroed(out), x, stats, &gamma[..d], &beta[..d], epsilon as f32)
+            });
+        // SAFETY: `zeroed` initialised every chunk.
+        unsafe { out.set_len(x.len()) };
         (FloatTensor::<Flex>::from_data(TensorData::new(out, shape)), stats)
     }
 
@@ -631,16 +639,16 @@ mod flex {
             let gamma = &gamma.storage::<f32>()[..d];
             let grad = &grad.storage::<f32>()[..stats.len() * d];
             let x = &x.storage::<f32>()[..stats.len() * d];
-            let mut dx = vec![0f32; grad.len()];
+            let mut dx = Vec::with_capacity(grad.len());
             let block = CHUNK.div_ceil(d);
-            let (dgamma, dbeta) = dx
+            let (dgamma, dbeta) = dx.spare_capacity_mut()[..grad.len()]
                 .par_chunks_mut(block * d)
                 .zip(grad.par_chunks(block * d))
                 .zip(x.par_chunks(block * d))
                 .zip(stats.par_chunks(block))
                 .map(|(((dx, grad), x), stats)| {
                     let mut sums = (vec![0f32; d], vec![0f32; d]);
-                    norm_backward_rows(dx, grad, x, stats, gamma, &mut sums.0, &mut sums.1);
+                    norm_backward_rows(zeroed(dx), grad, x, stats, gamma, &mut sums.0, &mut sums.1);
                     sums
                 })
                 .reduce_with(|(mut dg, mut db), (dg2, db2)| {
@@ -649,6 +657,8 @@ mod flex {
                     (dg, db)
                 })
                 .expect("at least one row");
+            // SAFETY: `zeroed` initialised every chunk.
+            unsafe { dx.set_len(grad.len()) };
             let [parent_x, parent_gamma, parent_beta] = ops.parents;
             for (parent, values, shape) in [
                 (parent_x, dx, shape),
@@ -1024,6 +1034,16 @@ mod flex {
         scale: f32,
     ) {
         gemm_into(dst, shape, lhs, rhs, scale, gemm::Parallelism::None)
+    }
+
+    /// `chunk` filled with zeros and returned initialised, for a kernel that overwrites it: the
+    /// fill runs on the task that then writes the chunk, while it is in that core's cache,
+    /// instead of as one serial pass over the whole buffer before the parallel loop (about
+    /// 0.7 GB a ViT-S training step, with the other core idle).
+    fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+        chunk.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element was just written.
+        unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast(), chunk.len()) }
     }
 
     /// [`matmul`] into uninitialised memory, returned initialised.
