@@ -461,7 +461,7 @@ mod flex {
             let (k, k_cs, k_rs) = x.read(pair, Part::Key);
             let (v, v_cs, v_rs) = x.read(pair, Part::Value);
             // scores = scale q kᵀ
-            let scores = matmul_uninit(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
+            let scores = matmul(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
             softmax_rows(scores, n);
             // out = scores v, into this pair's band of the merged output
             // SAFETY: one task per pair, and pairs have disjoint bands.
@@ -513,8 +513,8 @@ mod flex {
             let mut dqkv = Vec::with_capacity(x.batch * n * 3 * dim);
             let bands = Bands::new(&mut dqkv.spare_capacity_mut()[..x.batch * n * 3 * dim]);
             (0..pairs).into_par_iter().for_each_init(
-                || vec![0f32; n * n],
-                |ds, pair| {
+                || Vec::with_capacity(n * n),
+                |ds: &mut Vec<f32>, pair| {
                     let (q, q_cs, q_rs) = x.read(pair, Part::Query);
                     let (k, k_cs, k_rs) = x.read(pair, Part::Key);
                     let (v, v_cs, v_rs) = x.read(pair, Part::Value);
@@ -525,7 +525,13 @@ mod flex {
                     // dV = Pᵀ dO
                     unsafe { bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0) };
                     // dP = dO Vᵀ, then dS in place
-                    matmul(ds, [n, n, d], (d_out, 1, dim), (v, v_rs, v_cs), 1.0);
+                    let ds = matmul(
+                        &mut ds.spare_capacity_mut()[..n * n],
+                        [n, n, d],
+                        (d_out, 1, dim),
+                        (v, v_rs, v_cs),
+                        1.0,
+                    );
                     softmax_backward_rows(ds, p, n);
                     // dQ = scale dS K, dK = scale dSᵀ Q
                     unsafe {
@@ -768,10 +774,14 @@ mod flex {
                 .zip(grad[..rows * d_out].par_chunks(block * d_out))
                 .map(|(x, grad)| {
                     let m = x.len() / d_in;
-                    let mut dw = vec![0f32; if parent_weight.is_some() { d_in * d_out } else { 0 }];
-                    if !dw.is_empty() {
+                    let mut dw = Vec::new();
+                    if parent_weight.is_some() {
+                        dw.reserve_exact(d_in * d_out);
                         // Xᵀ is X [m, d_in] read with its strides swapped.
-                        matmul(&mut dw, [d_in, d_out, m], (x, d_in, 1), (grad, 1, d_out), 1.0);
+                        let dst = &mut dw.spare_capacity_mut()[..d_in * d_out];
+                        matmul(dst, [d_in, d_out, m], (x, d_in, 1), (grad, 1, d_out), 1.0);
+                        // SAFETY: `matmul` wrote all `d_in * d_out` elements.
+                        unsafe { dw.set_len(d_in * d_out) };
                     }
                     let mut db = vec![0f32; d_out];
                     for row in grad.chunks_exact(d_out) {
@@ -1024,18 +1034,6 @@ mod flex {
         }
     }
 
-    /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]` on this thread, each operand given with its
-    /// (column, row) strides in elements, so transposes cost nothing.
-    fn matmul(
-        dst: &mut [f32],
-        shape: [usize; 3],
-        lhs: (&[f32], usize, usize),
-        rhs: (&[f32], usize, usize),
-        scale: f32,
-    ) {
-        gemm_into(dst, shape, lhs, rhs, scale, gemm::Parallelism::None)
-    }
-
     /// `chunk` filled with zeros and returned initialised, for a kernel that overwrites it: the
     /// fill runs on the task that then writes the chunk, while it is in that core's cache,
     /// instead of as one serial pass over the whole buffer before the parallel loop (about
@@ -1046,8 +1044,10 @@ mod flex {
         unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast(), chunk.len()) }
     }
 
-    /// [`matmul`] into uninitialised memory, returned initialised.
-    fn matmul_uninit<'a>(
+    /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]` on this thread, each operand given with its
+    /// (column, row) strides in elements, so transposes cost nothing. `dst` may start
+    /// uninitialised (the GEMM does not read it) and is returned initialised.
+    fn matmul<'a>(
         dst: &'a mut [MaybeUninit<f32>],
         [m, n, k]: [usize; 3],
         lhs: (&[f32], usize, usize),
@@ -1071,7 +1071,7 @@ mod flex {
         }
     }
 
-    /// [`matmul`] with the given parallelism.
+    /// [`matmul`] into an initialised `dst`, with the given parallelism.
     fn gemm_into(
         dst: &mut [f32],
         [m, n, k]: [usize; 3],
