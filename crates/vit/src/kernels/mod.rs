@@ -245,13 +245,14 @@ mod flex {
                     // in-place kernel would copy the input first).
                     let (input, shape) = dense(x.into_primitive());
                     let values = &input.storage::<f32>()[..input.layout().num_elements()];
-                    let mut out = Vec::with_capacity(values.len());
-                    out.spare_capacity_mut()[..values.len()]
-                        .par_chunks_mut(CHUNK)
-                        .zip(values.par_chunks(CHUNK))
-                        .for_each(|(out, x)| gelu_into(zeroed(out), x));
-                    // SAFETY: `zeroed` initialised every chunk.
-                    unsafe { out.set_len(values.len()) };
+                    // SAFETY: `zeroed` initialises every chunk.
+                    let out = unsafe {
+                        written(values.len(), |out| {
+                            out.par_chunks_mut(CHUNK)
+                                .zip(values.par_chunks(CHUNK))
+                                .for_each(|(out, x)| gelu_into(zeroed(out), x))
+                        })
+                    };
                     let out = FloatTensor::<Flex>::from_data(TensorData::new(out, shape));
                     prep.finish(input, out)
                 }
@@ -453,44 +454,47 @@ mod flex {
         let pairs = x.batch * x.heads;
         // Both buffers are first written by the tasks that fill them: zeroing them here was a
         // serial pass over 64 MB per block (a ViT-S training step) while the other core idled.
-        let mut out = Vec::with_capacity(x.batch * n * x.dim());
-        let mut kept = Vec::with_capacity(if keep { pairs * n * n } else { 0 });
-        let bands = Bands::new(&mut out.spare_capacity_mut()[..x.batch * n * x.dim()]);
-        let one_pair = |pair: usize, scores: &mut [MaybeUninit<f32>]| {
-            let (q, q_cs, q_rs) = x.read(pair, Part::Query);
-            let (k, k_cs, k_rs) = x.read(pair, Part::Key);
-            let (v, v_cs, v_rs) = x.read(pair, Part::Value);
-            // scores = scale q kᵀ
-            let scores = matmul(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
-            softmax_rows(scores, n);
-            // out = scores v, into this pair's band of the merged output
-            // SAFETY: one task per pair, and pairs have disjoint bands.
-            unsafe {
-                bands.matmul(
-                    (x.band(pair, 0, 1), x.dim()),
-                    [n, d, n],
-                    (scores, 1, n),
-                    (v, v_cs, v_rs),
-                    1.0,
-                )
+        let mut kept = Vec::new();
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            let bands = Bands::new(out);
+            let one_pair = |pair: usize, scores: &mut [MaybeUninit<f32>]| {
+                let (q, q_cs, q_rs) = x.read(pair, Part::Query);
+                let (k, k_cs, k_rs) = x.read(pair, Part::Key);
+                let (v, v_cs, v_rs) = x.read(pair, Part::Value);
+                // scores = scale q kᵀ
+                let scores = matmul(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
+                softmax_rows(scores, n);
+                // out = scores v, into this pair's band of the merged output
+                // SAFETY: one task per pair, and pairs have disjoint bands.
+                unsafe {
+                    bands.matmul(
+                        (x.band(pair, 0, 1), x.dim()),
+                        [n, d, n],
+                        (scores, 1, n),
+                        (v, v_cs, v_rs),
+                        1.0,
+                    )
+                };
             };
+            if keep {
+                // Each pair's scores become its slice of the kept probabilities.
+                // SAFETY: every pair's scores are written by its first GEMM.
+                kept = unsafe {
+                    written(pairs * n * n, |kept| {
+                        kept.par_chunks_mut(n * n)
+                            .enumerate()
+                            .for_each(|(pair, scores)| one_pair(pair, scores))
+                    })
+                };
+            } else {
+                (0..pairs).into_par_iter().for_each_init(
+                    || Vec::with_capacity(n * n),
+                    |scores: &mut Vec<f32>, pair| one_pair(pair, &mut scores.spare_capacity_mut()[..n * n]),
+                );
+            }
         };
-        if keep {
-            // Each pair's scores become its slice of the kept probabilities.
-            kept.spare_capacity_mut()[..pairs * n * n]
-                .par_chunks_mut(n * n)
-                .enumerate()
-                .for_each(|(pair, scores)| one_pair(pair, scores));
-            // SAFETY: every pair's scores were written by its first GEMM.
-            unsafe { kept.set_len(pairs * n * n) };
-        } else {
-            (0..pairs).into_par_iter().for_each_init(
-                || Vec::with_capacity(n * n),
-                |scores: &mut Vec<f32>, pair| one_pair(pair, &mut scores.spare_capacity_mut()[..n * n]),
-            );
-        }
         // SAFETY: the pairs' bands tile the whole output, each written by its second GEMM.
-        unsafe { out.set_len(x.batch * n * x.dim()) };
+        let out = unsafe { written(x.batch * n * x.dim(), fill) };
         (out, kept)
     }
 
@@ -510,47 +514,50 @@ mod flex {
             let grad_out = grad_out.storage::<f32>();
             let (n, d, dim) = (x.tokens, x.head_dim, x.dim());
             let pairs = x.batch * x.heads;
-            let mut dqkv = Vec::with_capacity(x.batch * n * 3 * dim);
-            let bands = Bands::new(&mut dqkv.spare_capacity_mut()[..x.batch * n * 3 * dim]);
-            (0..pairs).into_par_iter().for_each_init(
-                || Vec::with_capacity(n * n),
-                |ds: &mut Vec<f32>, pair| {
-                    let (q, q_cs, q_rs) = x.read(pair, Part::Query);
-                    let (k, k_cs, k_rs) = x.read(pair, Part::Key);
-                    let (v, v_cs, v_rs) = x.read(pair, Part::Value);
-                    let p = &probabilities[pair * n * n..][..n * n];
-                    let d_out = &grad_out[x.band(pair, 0, 1)..];
-                    let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
-                    // SAFETY (each `bands.matmul`): one task per pair, disjoint bands.
-                    // dV = Pᵀ dO
-                    unsafe { bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0) };
-                    // dP = dO Vᵀ, then dS in place
-                    let ds = matmul(
-                        &mut ds.spare_capacity_mut()[..n * n],
-                        [n, n, d],
-                        (d_out, 1, dim),
-                        (v, v_rs, v_cs),
-                        1.0,
-                    );
-                    softmax_backward_rows(ds, p, n);
-                    // dQ = scale dS K, dK = scale dSᵀ Q
-                    unsafe {
-                        bands.matmul(
-                            band(Part::Query),
-                            [n, d, n],
-                            (ds, 1, n),
-                            (k, k_cs, k_rs),
-                            x.scale(),
-                        )
-                    };
-                    unsafe {
-                        bands.matmul(band(Part::Key), [n, d, n], (ds, n, 1), (q, q_cs, q_rs), x.scale())
-                    };
-                },
-            );
-            // SAFETY: each pair's dQ, dK and dV bands were written by its GEMMs, and the pairs'
+            let fill = |dqkv: &mut [MaybeUninit<f32>]| {
+                let bands = Bands::new(dqkv);
+                (0..pairs).into_par_iter().for_each_init(
+                    || Vec::with_capacity(n * n),
+                    |ds: &mut Vec<f32>, pair| {
+                        let (q, q_cs, q_rs) = x.read(pair, Part::Query);
+                        let (k, k_cs, k_rs) = x.read(pair, Part::Key);
+                        let (v, v_cs, v_rs) = x.read(pair, Part::Value);
+                        let p = &probabilities[pair * n * n..][..n * n];
+                        let d_out = &grad_out[x.band(pair, 0, 1)..];
+                        let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
+                        // SAFETY (each `bands.matmul`): one task per pair, disjoint bands.
+                        // dV = Pᵀ dO
+                        unsafe {
+                            bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0)
+                        };
+                        // dP = dO Vᵀ, then dS in place
+                        let ds = matmul(
+                            &mut ds.spare_capacity_mut()[..n * n],
+                            [n, n, d],
+                            (d_out, 1, dim),
+                            (v, v_rs, v_cs),
+                            1.0,
+                        );
+                        softmax_backward_rows(ds, p, n);
+                        // dQ = scale dS K, dK = scale dSᵀ Q
+                        unsafe {
+                            bands.matmul(
+                                band(Part::Query),
+                                [n, d, n],
+                                (ds, 1, n),
+                                (k, k_cs, k_rs),
+                                x.scale(),
+                            )
+                        };
+                        unsafe {
+                            bands.matmul(band(Part::Key), [n, d, n], (ds, n, 1), (q, q_cs, q_rs), x.scale())
+                        };
+                    },
+                )
+            };
+            // SAFETY: each pair's dQ, dK and dV bands are written by its GEMMs, and the pairs'
             // bands tile the whole gradient.
-            unsafe { dqkv.set_len(x.batch * n * 3 * dim) };
+            let dqkv = unsafe { written(x.batch * n * 3 * dim, fill) };
             let [parent] = ops.parents;
             register(grads, parent.map(|node| node.id), dqkv, vec![x.batch, n, 3 * dim]);
         }
@@ -585,18 +592,19 @@ mod flex {
         );
         let x = &x.storage::<f32>()[..x.layout().num_elements()];
         let rows = x.len() / d;
-        let mut out = Vec::with_capacity(x.len());
         let mut stats = vec![[0f32; 2]; rows];
         let block = CHUNK.div_ceil(d);
-        out.spare_capacity_mut()[..x.len()]
-            .par_chunks_mut(block * d)
-            .zip(x.par_chunks(block * d))
-            .zip(stats.par_chunks_mut(block))
-            .for_each(|((out, x), stats)| {
-                norm_rows(zeroed(out), x, stats, &gamma[..d], &beta[..d], epsilon as f32)
-            });
-        // SAFETY: `zeroed` initialised every chunk.
-        unsafe { out.set_len(x.len()) };
+        // SAFETY: `zeroed` initialises every chunk.
+        let out = unsafe {
+            written(x.len(), |out| {
+                out.par_chunks_mut(block * d)
+                    .zip(x.par_chunks(block * d))
+                    .zip(stats.par_chunks_mut(block))
+                    .for_each(|((out, x), stats)| {
+                        norm_rows(zeroed(out), x, stats, &gamma[..d], &beta[..d], epsilon as f32)
+                    })
+            })
+        };
         (FloatTensor::<Flex>::from_data(TensorData::new(out, shape)), stats)
     }
 
@@ -645,26 +653,28 @@ mod flex {
             let gamma = &gamma.storage::<f32>()[..d];
             let grad = &grad.storage::<f32>()[..stats.len() * d];
             let x = &x.storage::<f32>()[..stats.len() * d];
-            let mut dx = Vec::with_capacity(grad.len());
             let block = CHUNK.div_ceil(d);
-            let (dgamma, dbeta) = dx.spare_capacity_mut()[..grad.len()]
-                .par_chunks_mut(block * d)
-                .zip(grad.par_chunks(block * d))
-                .zip(x.par_chunks(block * d))
-                .zip(stats.par_chunks(block))
-                .map(|(((dx, grad), x), stats)| {
-                    let mut sums = (vec![0f32; d], vec![0f32; d]);
-                    norm_backward_rows(zeroed(dx), grad, x, stats, gamma, &mut sums.0, &mut sums.1);
-                    sums
-                })
-                .reduce_with(|(mut dg, mut db), (dg2, db2)| {
-                    dg.iter_mut().zip(&dg2).for_each(|(a, b)| *a += b);
-                    db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
-                    (dg, db)
-                })
-                .expect("at least one row");
-            // SAFETY: `zeroed` initialised every chunk.
-            unsafe { dx.set_len(grad.len()) };
+            let mut sums = None;
+            let fill = |dx: &mut [MaybeUninit<f32>]| {
+                sums = dx
+                    .par_chunks_mut(block * d)
+                    .zip(grad.par_chunks(block * d))
+                    .zip(x.par_chunks(block * d))
+                    .zip(stats.par_chunks(block))
+                    .map(|(((dx, grad), x), stats)| {
+                        let mut sums = (vec![0f32; d], vec![0f32; d]);
+                        norm_backward_rows(zeroed(dx), grad, x, stats, gamma, &mut sums.0, &mut sums.1);
+                        sums
+                    })
+                    .reduce_with(|(mut dg, mut db), (dg2, db2)| {
+                        dg.iter_mut().zip(&dg2).for_each(|(a, b)| *a += b);
+                        db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
+                        (dg, db)
+                    });
+            };
+            // SAFETY: `zeroed` initialises every chunk.
+            let dx = unsafe { written(grad.len(), fill) };
+            let (dgamma, dbeta) = sums.expect("at least one row");
             let [parent_x, parent_gamma, parent_beta] = ops.parents;
             for (parent, values, shape) in [
                 (parent_x, dx, shape),
@@ -774,15 +784,16 @@ mod flex {
                 .zip(grad[..rows * d_out].par_chunks(block * d_out))
                 .map(|(x, grad)| {
                     let m = x.len() / d_in;
-                    let mut dw = Vec::new();
-                    if parent_weight.is_some() {
-                        dw.reserve_exact(d_in * d_out);
+                    let dw = if parent_weight.is_some() {
                         // Xᵀ is X [m, d_in] read with its strides swapped.
-                        let dst = &mut dw.spare_capacity_mut()[..d_in * d_out];
-                        matmul(dst, [d_in, d_out, m], (x, d_in, 1), (grad, 1, d_out), 1.0);
-                        // SAFETY: `matmul` wrote all `d_in * d_out` elements.
-                        unsafe { dw.set_len(d_in * d_out) };
-                    }
+                        let product = |dw: &mut [MaybeUninit<f32>]| {
+                            matmul(dw, [d_in, d_out, m], (x, d_in, 1), (grad, 1, d_out), 1.0);
+                        };
+                        // SAFETY: `matmul` writes all `d_in * d_out` elements.
+                        unsafe { written(d_in * d_out, product) }
+                    } else {
+                        Vec::new()
+                    };
                     let mut db = vec![0f32; d_out];
                     for row in grad.chunks_exact(d_out) {
                         db.iter_mut().zip(row).for_each(|(sum, g)| *sum += g);
@@ -870,41 +881,40 @@ mod flex {
             return bias.map_or_else(|| vec![0f32; rows * n], |b| b.repeat(rows));
         }
         assert!(lhs.len() >= rows * k);
-        let mut out = Vec::<f32>::with_capacity(rows * n);
         let block = block_rows(rows);
         let parallelism = if block == rows {
             gemm::Parallelism::Rayon(0)
         } else {
             gemm::Parallelism::None
         };
-        out.spare_capacity_mut()[..rows * n]
-            .par_chunks_mut(block * n)
-            .zip(lhs[..rows * k].par_chunks(block * k))
-            .for_each(|(dst, lhs)| {
-                let m = dst.len() / n;
-                if let Some(bias) = bias {
-                    for row in dst.chunks_exact_mut(n) {
-                        for (d, &b) in row.iter_mut().zip(bias) {
-                            d.write(b);
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(block * n)
+                .zip(lhs[..rows * k].par_chunks(block * k))
+                .for_each(|(dst, lhs)| {
+                    let m = dst.len() / n;
+                    if let Some(bias) = bias {
+                        for row in dst.chunks_exact_mut(n) {
+                            for (d, &b) in row.iter_mut().zip(bias) {
+                                d.write(b);
+                            }
                         }
                     }
-                }
-                // SAFETY: `dst` is this task's own `[m, n]` block, read only after the bias was
-                // written into it.
-                unsafe {
-                    gemm_raw(
-                        (dst.as_mut_ptr().cast::<f32>(), n, bias.is_some()),
-                        [m, n, k],
-                        (lhs, 1, k),
-                        (rhs, rhs_cs, rhs_rs),
-                        1.0,
-                        parallelism,
-                    )
-                }
-            });
-        // SAFETY: every block was written, by the bias copy and the GEMM or by the GEMM alone.
-        unsafe { out.set_len(rows * n) };
-        out
+                    // SAFETY: `dst` is this task's own `[m, n]` block, read only after the bias was
+                    // written into it.
+                    unsafe {
+                        gemm_raw(
+                            (dst.as_mut_ptr().cast::<f32>(), n, bias.is_some()),
+                            [m, n, k],
+                            (lhs, 1, k),
+                            (rhs, rhs_cs, rhs_rs),
+                            1.0,
+                            parallelism,
+                        )
+                    }
+                })
+        };
+        // SAFETY: every block is written, by the bias copy and the GEMM or by the GEMM alone.
+        unsafe { written(rows * n, fill) }
     }
 
     /// [`super::conv2d_affine`]'s fast path: `x` `[batch, c_in, h, w]`, `weight`
@@ -1032,6 +1042,18 @@ mod flex {
             }
             _ => None,
         }
+    }
+
+    /// A new `Vec` of `len` values, all written by `fill` into uninitialised memory (by the
+    /// tasks of a parallel loop, typically), so that no serial zero-fill comes first.
+    ///
+    /// SAFETY: `fill` must initialise every element of the slice it is given.
+    unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+        let mut values = Vec::with_capacity(len);
+        fill(&mut values.spare_capacity_mut()[..len]);
+        // SAFETY: the caller vouches that `fill` initialised all `len` elements.
+        unsafe { values.set_len(len) };
+        values
     }
 
     /// `chunk` filled with zeros and returned initialised, for a kernel that overwrites it: the
