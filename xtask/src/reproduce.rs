@@ -313,7 +313,7 @@ fn synthetic_captions(
     caption_args.extend(shown.iter().map(|p| s(p)));
     r.step(
         "caption attention (5 held-out scenes)",
-        &[weights.clone()],
+        std::slice::from_ref(&weights),
         &pngs,
         &caption_args,
     )?;
@@ -388,7 +388,7 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
             r.step(
                 "synthetic classification set",
                 &[],
-                &[classes.clone()],
+                std::slice::from_ref(&classes),
                 &[
                     "synth".into(),
                     "--out".into(),
@@ -430,8 +430,8 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     let metrics = vit.join("eval.json");
     r.step(
         "evaluate",
-        &[best.clone()],
-        &[metrics.clone()],
+        std::slice::from_ref(&best),
+        std::slice::from_ref(&metrics),
         &[
             "eval".into(),
             "--weights".into(),
@@ -445,8 +445,8 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     let preds = vit.join("predictions.csv");
     r.step(
         "predictions CSV",
-        &[best.clone()],
-        &[preds.clone()],
+        std::slice::from_ref(&best),
+        std::slice::from_ref(&preds),
         &[
             "predict".into(),
             "--weights".into(),
@@ -461,8 +461,8 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     std::fs::create_dir_all(&figures)?;
     r.step(
         "position-embedding similarity",
-        &[best.clone()],
-        &[posembed.clone()],
+        std::slice::from_ref(&best),
+        std::slice::from_ref(&posembed),
         &[
             "posembed".into(),
             "--weights".into(),
@@ -501,7 +501,12 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     }
     att_args.push("--images".into());
     att_args.extend(shown.iter().map(|p| s(p)));
-    r.step("CLS attention figures", &[best.clone()], &att_pngs, &att_args)?;
+    r.step(
+        "CLS attention figures",
+        std::slice::from_ref(&best),
+        &att_pngs,
+        &att_args,
+    )?;
 
     let mut summary = json!({});
     let eval: Value = serde_json::from_slice(&std::fs::read(&metrics)?)?;
@@ -532,7 +537,7 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
         ));
         r.step(
             "attention on every validation image (sanity check)",
-            &[best.clone()],
+            std::slice::from_ref(&best),
             &[check_marker],
             &[
                 "attention".into(),
@@ -641,13 +646,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let (input, output) = (dir.join("in"), dir.join("out"));
         std::fs::write(&input, "a").unwrap();
-        assert!(!up_to_date(&[output.clone()], &[input.clone()]));
+        assert!(!up_to_date(
+            std::slice::from_ref(&output),
+            std::slice::from_ref(&input)
+        ));
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&output, "b").unwrap();
-        assert!(up_to_date(&[output.clone()], &[input.clone()]));
+        assert!(up_to_date(
+            std::slice::from_ref(&output),
+            std::slice::from_ref(&input)
+        ));
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&input, "c").unwrap();
-        assert!(!up_to_date(&[output.clone()], &[input.clone()]));
+        assert!(!up_to_date(
+            std::slice::from_ref(&output),
+            std::slice::from_ref(&input)
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

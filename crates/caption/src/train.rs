@@ -19,9 +19,9 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gaze_data::scenes::{SceneRecord, read_captions};
 use gaze_vit::train::{
-    ConfigError, EpochRow, Observer, OptimSection, RunOptions, RunSection, ScheduleSection, TrainError,
-    build_optimizer, epoch_order, io_err, learning_rate, load_checkpoint, load_toml, save_checkpoint,
-    write_json, write_metrics,
+    BatchProgress, ConfigError, EpochRow, Observer, OptimSection, RunOptions, RunSection, ScheduleSection,
+    TrainError, build_optimizer, epoch_order, io_err, learning_rate, load_checkpoint, load_toml,
+    save_checkpoint, write_json, write_metrics,
 };
 use serde::{Deserialize, Serialize};
 
@@ -440,17 +440,17 @@ pub fn train_captioner(
             state.seen += indices.len();
             state.epoch_seconds += batch_started.elapsed().as_secs_f64();
             let per_token = |v: f64| v / state.counted.max(1) as f64;
-            observer.batch(
+            observer.batch(&BatchProgress {
                 epoch,
-                b,
+                batch: b,
                 batches,
-                per_token(state.loss_sum),
-                per_token(state.correct as f64),
+                loss: per_token(state.loss_sum),
+                accuracy: per_token(state.correct as f64),
                 lr,
-                state.seen as f64 / state.epoch_seconds.max(1e-9),
-            );
+                images_per_s: state.seen as f64 / state.epoch_seconds.max(1e-9),
+            });
             let every = config.run.checkpoint_every;
-            if b + 1 < batches && every > 0 && state.step % every == 0 {
+            if b + 1 < batches && every > 0 && state.step.is_multiple_of(every) {
                 save_checkpoint(out, &model, &optim, &state)?;
             }
             if b + 1 < batches && options.max_steps.is_some_and(|m| steps_this_run >= m) {
@@ -464,7 +464,7 @@ pub fn train_captioner(
         state.seconds += state.epoch_seconds;
         let last_epoch = epoch + 1 == config.schedule.epochs;
         let inference = for_inference(&model, &train, device);
-        let (val_loss, val_acc) = if (epoch + 1) % config.run.eval_every.max(1) == 0 || last_epoch {
+        let (val_loss, val_acc) = if (epoch + 1).is_multiple_of(config.run.eval_every.max(1)) || last_epoch {
             let (l, a) = evaluate(&inference, &val, batch_size, device);
             (Some(l), Some(a))
         } else {

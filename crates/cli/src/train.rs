@@ -9,7 +9,7 @@ use gaze_caption::train::{CaptionTrainConfig, train_captioner};
 use gaze_data::scenes::{SceneSetConfig, write_scene_set};
 use gaze_data::synth::{SynthConfig, write_synth};
 use gaze_vit::parse_device;
-use gaze_vit::train::{EpochRow, Observer, RunOptions, TrainConfig, train};
+use gaze_vit::train::{BatchProgress, EpochRow, Observer, RunOptions, TrainConfig, train};
 use indicatif::ProgressBar;
 
 use crate::progress::bar;
@@ -86,16 +86,19 @@ struct Progress {
 }
 
 impl Observer for Progress {
-    fn batch(&mut self, epoch: usize, batch: usize, batches: usize, loss: f64, acc: f64, lr: f64, ips: f64) {
+    fn batch(&mut self, p: &BatchProgress) {
         if !self.terminal {
             return;
         }
-        let bar = self.bar.get_or_insert_with(|| bar(batches, "epoch"));
-        bar.set_message(format!("epoch {}", epoch + 1));
-        bar.set_position(batch as u64 + 1);
+        let bar = self.bar.get_or_insert_with(|| bar(p.batches, "epoch"));
+        bar.set_message(format!("epoch {}", p.epoch + 1));
+        bar.set_position(p.batch as u64 + 1);
         bar.set_prefix(format!(
-            "loss {loss:.4} acc {:.1}% lr {lr:.2e} {ips:.1} img/s",
-            100.0 * acc
+            "loss {:.4} acc {:.1}% lr {:.2e} {:.1} img/s",
+            p.loss,
+            100.0 * p.accuracy,
+            p.lr,
+            p.images_per_s
         ));
     }
 

@@ -100,9 +100,9 @@ fn luma(p: [u8; 3]) -> u8 {
 fn blend_towards(image: &mut RgbImage, factor: f64, degenerate: impl Fn([u8; 3]) -> [u8; 3]) {
     for p in image.pixels_mut() {
         let d = degenerate(p.0);
-        for c in 0..3 {
-            let v = d[c] as f64 + factor * (p.0[c] as f64 - d[c] as f64);
-            p.0[c] = v.round().clamp(0.0, 255.0) as u8;
+        for (v, d) in p.0.iter_mut().zip(d) {
+            let blended = d as f64 + factor * (*v as f64 - d as f64);
+            *v = blended.round().clamp(0.0, 255.0) as u8;
         }
     }
 }

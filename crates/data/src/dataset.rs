@@ -146,13 +146,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         assert!(matches!(
-            collect_images(&[dir.clone()]),
+            collect_images(std::slice::from_ref(&dir)),
             Err(DataError::NoImages { .. })
         ));
         for name in ["2_1.jpg", "10_3.png", "notes.txt"] {
             std::fs::write(dir.join(name), b"x").unwrap();
         }
-        let found = collect_images(&[dir.clone()]).unwrap();
+        let found = collect_images(std::slice::from_ref(&dir)).unwrap();
         let names: Vec<_> = found
             .iter()
             .map(|p| p.file_name().unwrap().to_str().unwrap())

@@ -37,10 +37,10 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
         // missing rows with grey and a prediction would silently be made on half a picture.
         return Err("JPEG data ends before its end-of-image marker (truncated file)".into());
     }
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        if let Some(rgb) = decode_jpeg_libjpeg(bytes)? {
-            return Ok(rgb);
-        }
+    if reader.format() == Some(image::ImageFormat::Jpeg)
+        && let Some(rgb) = decode_jpeg_libjpeg(bytes)?
+    {
+        return Ok(rgb);
     }
     let image = reader.decode().map_err(|e| e.to_string())?;
     Ok(image.into_rgb8())

@@ -82,17 +82,31 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes one interleaved 8-bit axis pass: `lines` lines of `len` samples, `stride` apart.
-fn pass_u8(
-    src: &[u8],
-    dst: &mut [u8],
-    taps: &[(usize, Vec<i32>)],
-    lines: usize,
-    src_step: usize,
-    src_line: usize,
-    dst_step: usize,
-    dst_line: usize,
-) {
+/// How an image buffer is walked in one axis pass: `step` bytes between neighbouring samples
+/// along the axis, `line` bytes between the starts of neighbouring lines.
+#[derive(Clone, Copy)]
+struct Walk {
+    step: usize,
+    line: usize,
+}
+
+/// Resizes one interleaved 8-bit axis pass over `lines` lines, each output sample `o` from
+/// the input samples `taps[o]` covers.
+fn pass_u8(src: (&[u8], Walk), dst: (&mut [u8], Walk), taps: &[(usize, Vec<i32>)], lines: usize) {
+    let (
+        src,
+        Walk {
+            step: src_step,
+            line: src_line,
+        },
+    ) = src;
+    let (
+        dst,
+        Walk {
+            step: dst_step,
+            line: dst_line,
+        },
+    ) = dst;
     for line in 0..lines {
         for (o, (start, k)) in taps.iter().enumerate() {
             for c in 0..3 {
@@ -115,14 +129,22 @@ pub fn resize_rgb_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage
     if w1 != w0 {
         let mut out = vec![0u8; w1 * h0 * 3];
         pass_u8(
-            &data,
-            &mut out,
+            (
+                &data,
+                Walk {
+                    step: 3,
+                    line: w0 * 3,
+                },
+            ),
+            (
+                &mut out,
+                Walk {
+                    step: 3,
+                    line: w1 * 3,
+                },
+            ),
             &fixed_point_taps(w0, w1),
             h0,
-            3,
-            w0 * 3,
-            3,
-            w1 * 3,
         );
         data = out;
         w = w1;
@@ -130,7 +152,12 @@ pub fn resize_rgb_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage
     if h1 != h0 {
         let mut out = vec![0u8; w * h1 * 3];
         // Columns are the lines now: step a row to move along the axis.
-        pass_u8(&data, &mut out, &fixed_point_taps(h0, h1), w, w * 3, 3, w * 3, 3);
+        pass_u8(
+            (&data, Walk { step: w * 3, line: 3 }),
+            (&mut out, Walk { step: w * 3, line: 3 }),
+            &fixed_point_taps(h0, h1),
+            w,
+        );
         data = out;
     }
     RgbImage::from_raw(width, height, data).expect("buffer sized for the output")

@@ -66,7 +66,7 @@ fn inside(shape: usize, u: f64, v: f64) -> bool {
     match shape {
         0 => u * u + v * v <= 1.0,
         1 => u.abs() <= 0.85 && v.abs() <= 0.85,
-        _ => v <= 0.9 && v >= -0.9 && u.abs() <= (v + 0.9) / 1.8,
+        _ => (-0.9..=0.9).contains(&v) && u.abs() <= (v + 0.9) / 1.8,
     }
 }
 
@@ -79,7 +79,7 @@ pub fn background(width: u32, height: u32, rng: &mut Rng) -> RgbImage {
     ];
     let (fx, fy, phase) = (rng.range(0.05, 0.4), rng.range(0.05, 0.4), rng.range(0.0, 6.3));
     let mut image = RgbImage::from_fn(width, height, |x, y| {
-        let stripe = ((x as f64 * fx + y as f64 * fy + phase).sin() * 25.0) as f64;
+        let stripe = (x as f64 * fx + y as f64 * fy + phase).sin() * 25.0;
         Rgb(base.map(|b| (b + stripe).clamp(0.0, 255.0) as u8))
     });
     for p in image.pixels_mut() {
@@ -104,8 +104,8 @@ pub fn paint_shape(image: &mut RgbImage, shape: usize, colour: [u8; 3], x0: u32,
             }
             if cover > 0.0 {
                 let p = image.get_pixel_mut(x, y);
-                for c in 0..3 {
-                    p.0[c] = (p.0[c] as f64 * (1.0 - cover) + colour[c] as f64 * cover).round() as u8;
+                for (v, c) in p.0.iter_mut().zip(colour) {
+                    *v = (*v as f64 * (1.0 - cover) + c as f64 * cover).round() as u8;
                 }
             }
         }

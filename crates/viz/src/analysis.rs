@@ -23,7 +23,7 @@ impl std::str::FromStr for HeadFusion {
 /// Cosine similarity of every row of `rows` (`n x dim`) with every other: `n x n`.
 /// Accumulates in f64; a zero row has similarity 0 with everything.
 pub fn cosine_similarity_matrix(rows: &[f32], dim: usize) -> Vec<f32> {
-    assert!(dim > 0 && rows.len() % dim == 0, "rows must be n x dim");
+    assert!(dim > 0 && rows.len().is_multiple_of(dim), "rows must be n x dim");
     let n = rows.len() / dim;
     let norms: Vec<f64> = rows
         .chunks(dim)
@@ -47,7 +47,7 @@ pub fn cosine_similarity_matrix(rows: &[f32], dim: usize) -> Vec<f32> {
 /// Fuses `[heads, tokens, tokens]` attention into `[tokens, tokens]`.
 pub fn fuse_heads(attention: &[f32], heads: usize, fusion: HeadFusion) -> Vec<f32> {
     assert!(
-        heads > 0 && attention.len() % heads == 0,
+        heads > 0 && attention.len().is_multiple_of(heads),
         "attention must be heads x tokens x tokens"
     );
     let plane = attention.len() / heads;
@@ -253,7 +253,7 @@ mod tests {
     fn rollout_of_one_layer_adds_identity_and_renormalises() {
         // One head, 3 tokens: (A + I) / 2 since rows of A sum to 1.
         let a = vec![0.5, 0.25, 0.25, 0.1, 0.6, 0.3, 0.2, 0.2, 0.6];
-        let r = attention_rollout(&[a.clone()], 1, 3, 1, HeadFusion::Mean, 0.0);
+        let r = attention_rollout(std::slice::from_ref(&a), 1, 3, 1, HeadFusion::Mean, 0.0);
         let want: Vec<f32> = a
             .iter()
             .enumerate()

@@ -15,8 +15,8 @@ pub fn blend(image: &mut RgbImage, x: i32, y: i32, color: [u8; 3], alpha: f32) {
     }
     let a = alpha.clamp(0.0, 1.0);
     let p = image.get_pixel_mut(x as u32, y as u32);
-    for c in 0..3 {
-        p.0[c] = (p.0[c] as f32 * (1.0 - a) + color[c] as f32 * a).round() as u8;
+    for (v, c) in p.0.iter_mut().zip(color) {
+        *v = (*v as f32 * (1.0 - a) + c as f32 * a).round() as u8;
     }
 }
 

@@ -271,7 +271,7 @@ impl TrainConfig {
         if self.data.batch_size == 0 || self.optim.grad_accum == 0 || self.schedule.epochs == 0 {
             return Err("data.batch_size, optim.grad_accum and schedule.epochs must be at least 1".into());
         }
-        if !(self.optim.lr > 0.0) {
+        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             return Err("optim.lr must be positive".into());
         }
         if !(0.0..1.0).contains(&self.optim.label_smoothing) {

@@ -76,7 +76,7 @@ pub fn build_optimizer(optim: &OptimSection) -> ModuleOptimizer {
         .map(|n| GradientClippingConfig::Norm(n as f32));
     match optim.name {
         OptimizerKind::Sgd => SgdConfig::new()
-            .with_momentum((optim.momentum > 0.0).then(|| MomentumConfig {
+            .with_momentum((optim.momentum > 0.0).then_some(MomentumConfig {
                 momentum: optim.momentum,
                 dampening: 0.0,
                 nesterov: optim.nesterov,
@@ -178,21 +178,29 @@ pub struct Summary {
     pub skipped_images: usize,
 }
 
+/// Where an epoch stands after a micro-batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchProgress {
+    /// Epoch, 0-based.
+    pub epoch: usize,
+    /// Micro-batch index within the epoch, 0-based.
+    pub batch: usize,
+    /// Micro-batches in the epoch.
+    pub batches: usize,
+    /// The epoch's running mean loss.
+    pub loss: f64,
+    /// The epoch's running accuracy, in [0, 1].
+    pub accuracy: f64,
+    /// The learning rate of the current step.
+    pub lr: f64,
+    /// Training images per second over the epoch so far.
+    pub images_per_s: f64,
+}
+
 /// Progress as it happens, for bars and logs.
 pub trait Observer {
-    /// After each micro-batch: epoch (0-based), batch index, batches in the epoch, and the
-    /// epoch's running loss, accuracy, current lr and images/s.
-    fn batch(
-        &mut self,
-        _epoch: usize,
-        _batch: usize,
-        _batches: usize,
-        _loss: f64,
-        _acc: f64,
-        _lr: f64,
-        _ips: f64,
-    ) {
-    }
+    /// After each micro-batch.
+    fn batch(&mut self, _progress: &BatchProgress) {}
     fn epoch(&mut self, _row: &EpochRow) {}
     fn message(&mut self, _text: &str) {}
 }
@@ -446,26 +454,24 @@ pub fn train(
             r.seen += n;
             r.seconds += started.elapsed().as_secs_f64();
             state.batch = b + 1;
-            observer.batch(
+            observer.batch(&BatchProgress {
                 epoch,
-                b,
+                batch: b,
                 batches,
-                r.loss_sum / r.seen as f64,
-                r.correct as f64 / r.seen as f64,
+                loss: r.loss_sum / r.seen as f64,
+                accuracy: r.correct as f64 / r.seen as f64,
                 lr,
-                r.seen as f64 / r.seconds.max(1e-9),
-            );
+                images_per_s: r.seen as f64 / r.seconds.max(1e-9),
+            });
             let at_boundary = pending == 0;
             let every = config.run.checkpoint_every;
-            if at_boundary && b + 1 < batches && every > 0 && state.step % every == 0 {
+            if at_boundary && b + 1 < batches && every > 0 && state.step.is_multiple_of(every) {
                 save_checkpoint(out, &model, &optim, &state)?;
             }
-            if at_boundary && options.max_steps.is_some_and(|m| steps_this_run >= m) {
-                if b + 1 < batches {
-                    save_checkpoint(out, &model, &optim, &state)?;
-                    stopped = true;
-                    break;
-                }
+            if at_boundary && options.max_steps.is_some_and(|m| steps_this_run >= m) && b + 1 < batches {
+                save_checkpoint(out, &model, &optim, &state)?;
+                stopped = true;
+                break;
             }
         }
         drop(rx);
@@ -479,7 +485,7 @@ pub fn train(
         let r = std::mem::take(&mut state.running);
         state.seconds += r.seconds;
         let last_epoch = epoch + 1 == config.schedule.epochs;
-        let (val_loss, val_acc) = if (epoch + 1) % config.run.eval_every.max(1) == 0 || last_epoch {
+        let (val_loss, val_acc) = if (epoch + 1).is_multiple_of(config.run.eval_every.max(1)) || last_epoch {
             let (l, a) = evaluate(
                 &model.valid(),
                 &val_scan.images,
