@@ -90,31 +90,40 @@ struct Walk {
     line: usize,
 }
 
+impl Walk {
+    /// Along the rows of an RGB image `width` pixels wide: a row is a line.
+    fn along_rows(width: usize) -> Self {
+        Self {
+            step: 3,
+            line: 3 * width,
+        }
+    }
+
+    /// Down the columns of an RGB image `width` pixels wide: a column is a line.
+    fn along_columns(width: usize) -> Self {
+        Self {
+            step: 3 * width,
+            line: 3,
+        }
+    }
+}
+
 /// Resizes one interleaved 8-bit axis pass over `lines` lines, each output sample `o` from
 /// the input samples `taps[o]` covers.
-fn pass_u8(src: (&[u8], Walk), dst: (&mut [u8], Walk), taps: &[(usize, Vec<i32>)], lines: usize) {
-    let (
-        src,
-        Walk {
-            step: src_step,
-            line: src_line,
-        },
-    ) = src;
-    let (
-        dst,
-        Walk {
-            step: dst_step,
-            line: dst_line,
-        },
-    ) = dst;
+fn pass_u8(
+    (src, from): (&[u8], Walk),
+    (dst, to): (&mut [u8], Walk),
+    taps: &[(usize, Vec<i32>)],
+    lines: usize,
+) {
     for line in 0..lines {
         for (o, (start, k)) in taps.iter().enumerate() {
             for c in 0..3 {
                 let mut acc: i32 = 1 << (PRECISION_BITS - 1);
                 for (j, &kj) in k.iter().enumerate() {
-                    acc += src[line * src_line + (start + j) * src_step + c] as i32 * kj;
+                    acc += src[line * from.line + (start + j) * from.step + c] as i32 * kj;
                 }
-                dst[line * dst_line + o * dst_step + c] = clip8(acc);
+                dst[line * to.line + o * to.step + c] = clip8(acc);
             }
         }
     }
@@ -129,20 +138,8 @@ pub fn resize_rgb_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage
     if w1 != w0 {
         let mut out = vec![0u8; w1 * h0 * 3];
         pass_u8(
-            (
-                &data,
-                Walk {
-                    step: 3,
-                    line: w0 * 3,
-                },
-            ),
-            (
-                &mut out,
-                Walk {
-                    step: 3,
-                    line: w1 * 3,
-                },
-            ),
+            (&data, Walk::along_rows(w0)),
+            (&mut out, Walk::along_rows(w1)),
             &fixed_point_taps(w0, w1),
             h0,
         );
@@ -151,10 +148,9 @@ pub fn resize_rgb_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage
     }
     if h1 != h0 {
         let mut out = vec![0u8; w * h1 * 3];
-        // Columns are the lines now: step a row to move along the axis.
         pass_u8(
-            (&data, Walk { step: w * 3, line: 3 }),
-            (&mut out, Walk { step: w * 3, line: 3 }),
+            (&data, Walk::along_columns(w)),
+            (&mut out, Walk::along_columns(w)),
             &fixed_point_taps(h0, h1),
             w,
         );
