@@ -955,27 +955,30 @@ mod flex {
             // A 1x1 convolution with stride 1 and no padding multiplies the image itself.
             let direct = kh * kw == 1 && stride == [1, 1] && padding == [0, 0];
             let mut cols = vec![0f32; if direct { 0 } else { rows * oh * ow }];
-            let mut out = vec![0f32; batch * c_out * oh * ow];
-            for (image, out) in x
-                .chunks_exact(c_in * h * w)
-                .zip(out.chunks_exact_mut(c_out * oh * ow))
-            {
-                if !direct {
-                    im2col(&mut cols, image, [h, w], [kh, kw], geometry, [oh, ow]);
+            let fill = |out: &mut [MaybeUninit<f32>]| {
+                for (image, out) in x
+                    .chunks_exact(c_in * h * w)
+                    .zip(out.chunks_exact_mut(c_out * oh * ow))
+                {
+                    if !direct {
+                        im2col(&mut cols, image, [h, w], [kh, kw], geometry, [oh, ow]);
+                    }
+                    let rhs = if direct { image } else { &cols };
+                    let out = gemm_into(
+                        out,
+                        [c_out, oh * ow, rows],
+                        (weight, 1, rows),
+                        (rhs, 1, oh * ow),
+                        1.0,
+                        gemm::Parallelism::Rayon(0),
+                    );
+                    out.par_chunks_mut(oh * ow)
+                        .zip(scale.par_iter().zip(&shift))
+                        .for_each(|(channel, (&scale, &shift))| affine(channel, scale, shift, relu));
                 }
-                let rhs = if direct { image } else { &cols };
-                gemm_into(
-                    out,
-                    [c_out, oh * ow, rows],
-                    (weight, 1, rows),
-                    (rhs, 1, oh * ow),
-                    1.0,
-                    gemm::Parallelism::Rayon(0),
-                );
-                out.par_chunks_mut(oh * ow)
-                    .zip(scale.par_iter().zip(&shift))
-                    .for_each(|(channel, (&scale, &shift))| affine(channel, scale, shift, relu));
-            }
+            };
+            // SAFETY: each image's `[c_out, oh, ow]` block is written whole by its GEMM.
+            let out = unsafe { written(batch * c_out * oh * ow, fill) };
             FloatTensor::<Flex>::from_data(TensorData::new(out, [batch, c_out, oh, ow]))
         }
     }
@@ -1076,43 +1079,25 @@ mod flex {
         rhs: (&[f32], usize, usize),
         scale: f32,
     ) -> &'a mut [f32] {
-        assert!(dst.len() >= m * n);
-        let dst = dst.as_mut_ptr().cast::<f32>();
-        // SAFETY: `dst` holds `[m, n]` and is borrowed exclusively; the GEMM writes every
-        // element without reading it, after which the slice is initialised.
-        unsafe {
-            gemm_raw(
-                (dst, n, false),
-                [m, n, k],
-                lhs,
-                rhs,
-                scale,
-                gemm::Parallelism::None,
-            );
-            std::slice::from_raw_parts_mut(dst, m * n)
-        }
+        gemm_into(dst, [m, n, k], lhs, rhs, scale, gemm::Parallelism::None)
     }
 
-    /// [`matmul`] into an initialised `dst`, with the given parallelism.
-    fn gemm_into(
-        dst: &mut [f32],
+    /// [`matmul`] with the given parallelism.
+    fn gemm_into<'a>(
+        dst: &'a mut [MaybeUninit<f32>],
         [m, n, k]: [usize; 3],
         lhs: (&[f32], usize, usize),
         rhs: (&[f32], usize, usize),
         scale: f32,
         parallelism: gemm::Parallelism,
-    ) {
+    ) -> &'a mut [f32] {
         assert!(dst.len() >= m * n);
-        // SAFETY: `dst` holds the whole `[m, n]` result and is borrowed exclusively.
+        let dst = dst.as_mut_ptr().cast::<f32>();
+        // SAFETY: `dst` holds `[m, n]` and is borrowed exclusively; the GEMM writes every
+        // element without reading it, after which the slice is initialised.
         unsafe {
-            gemm_raw(
-                (dst.as_mut_ptr(), n, false),
-                [m, n, k],
-                lhs,
-                rhs,
-                scale,
-                parallelism,
-            )
+            gemm_raw((dst, n, false), [m, n, k], lhs, rhs, scale, parallelism);
+            std::slice::from_raw_parts_mut(dst, m * n)
         }
     }
 
