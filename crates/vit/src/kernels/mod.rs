@@ -759,7 +759,8 @@ mod flex {
 
     /// `weight` packed into [`Panels`], packed once and kept for the next forward with the same
     /// weight while the packed weights stay within [`KEPT_BYTES`] (ViT-S/16's 49 linear layers
-    /// take 176 MB). At batch 1 packing every call took about 5 % of inference.
+    /// take 176 MB) and someone else still holds the weight. At batch 1 packing every call
+    /// took about 5 % of inference.
     ///
     /// An entry holds a clone of the weight tensor: `flex` copies shared storage before writing
     /// to it, so while the entry lives the values at that address are the packed ones and no
@@ -779,6 +780,9 @@ mod flex {
         drop(kept);
         let panels = Arc::new(weight.panels()?);
         let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        // A weight that only its entry still holds (its model was dropped, or the optimiser
+        // replaced it) can never be asked for again.
+        kept.retain(|(tensor, _)| !tensor.is_unique());
         kept.push_back((weight.tensor.clone(), Arc::clone(&panels)));
         let bytes = |(tensor, panels): &(FloatTensor<Flex>, Arc<Panels>)| {
             4 * (tensor.storage::<f32>().len() + panels.len())
@@ -1243,6 +1247,31 @@ mod flex {
     /// Whether `x` is an `f32` tensor on the `flex` device with no autodiff graph to extend.
     pub fn admits<const D: usize>(x: &Tensor<D>) -> bool {
         on_flex(x) && !x.is_autodiff()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn matrix(value: f32) -> FloatTensor<Flex> {
+            FloatTensor::<Flex>::from_data(TensorData::new(vec![value; 32 * 48], [32, 48]))
+        }
+
+        #[test]
+        fn kept_panels_are_reused_and_let_go_with_their_weight() {
+            let weight = matrix(1.0);
+            let Some(panels) = kept_panels(&Operand::new(&weight)) else {
+                return eprintln!("no AVX2 + FMA: nothing is packed on this CPU");
+            };
+            let again = kept_panels(&Operand::new(&weight)).expect("packed above");
+            assert!(Arc::ptr_eq(&panels, &again), "the same weight was packed twice");
+            assert_eq!(Arc::strong_count(&panels), 3, "the cache holds the panels too");
+            // Once the weight is dropped, the next insertion lets go of its entry.
+            drop(weight);
+            let other = matrix(2.0);
+            kept_panels(&Operand::new(&other));
+            assert_eq!(Arc::strong_count(&panels), 2);
+        }
     }
 }
 
