@@ -964,8 +964,10 @@ mod flex {
         }
         assert!(lhs.len() >= rows * k);
         if let Some(panels) = panels {
-            let parts = rayon::current_num_threads().min(rows.div_ceil(48));
-            let block = rows.div_ceil(parts.max(rows.div_ceil(block_rows(rows)))).max(1);
+            // Blocks of about `block_rows`, but at least one per core while blocks keep 48
+            // rows: at batch 1 `gemm` split its one product over the cores itself.
+            let cores = rayon::current_num_threads().min(rows.div_ceil(48));
+            let block = rows.div_ceil(rows.div_ceil(block_rows(rows)).max(cores));
             let fill = |out: &mut [MaybeUninit<f32>]| {
                 out.par_chunks_mut(block * n)
                     .zip(lhs[..rows * k].par_chunks(block * k))
