@@ -18,9 +18,10 @@
 //!   the split over the cores to its batch loop; here the bias is the product's starting
 //!   value, and row blocks of about half an image are single-threaded products spread over
 //!   the cores, with a backward of the same shape (+15-20 % inference, +12-25 % training step
-//!   in alternating runs). On AVX2 the products are module `panels`' own micro-kernel on
-//!   weights packed once (kept between inference calls) instead of `gemm`, which packs both
-//!   operands in every task (+4-8 % inference).
+//!   in alternating runs). On AVX2 CPUs without AVX-512 the products are module `panels`' own
+//!   micro-kernel on weights packed once (kept between inference calls) instead of `gemm`,
+//!   which packs both operands in every task (+4-8 % inference); with AVX-512 `gemm`'s
+//!   512-bit kernels are faster.
 //! * [`layer_norm`]: under autodiff burn decomposes a layer norm into about ten tensor
 //!   operations, forward and backward (14-18 ms per `[8, 577, 384]` norm, 25 of them in a
 //!   ViT-S step); here a row's statistics and its backward are each one pass while the row is
@@ -943,7 +944,7 @@ mod flex {
     }
 
     /// `lhs [rows, k] · rhs [k, n] (+ bias)` as a new row-major `[rows, n]`, the lhs dense and
-    /// the rhs given with its (column, row) strides, and also as `panels` where the CPU runs
+    /// the rhs given with its (column, row) strides, and also as `panels` where the CPU prefers
     /// them ([`Panels::pack`]). Row blocks of about [`block_rows`], at least one per core, are
     /// tasks of one single-threaded product each. Without panels the tasks are `gemm` calls,
     /// the bias copied into each block just before its GEMM adds onto it.
@@ -1263,7 +1264,7 @@ mod flex {
         fn kept_panels_are_reused_and_let_go_with_their_weight() {
             let weight = matrix(1.0);
             let Some(panels) = kept_panels(&Operand::new(&weight)) else {
-                return eprintln!("no AVX2 + FMA: nothing is packed on this CPU");
+                return eprintln!("no AVX2 + FMA, or AVX-512 (gemm is used): nothing is packed on this CPU");
             };
             let again = kept_panels(&Operand::new(&weight)).expect("packed above");
             assert!(Arc::ptr_eq(&panels, &again), "the same weight was packed twice");

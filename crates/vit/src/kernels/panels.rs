@@ -1,4 +1,4 @@
-//! `x · W (+ b)` for the linear layers on x86-64 with AVX2 and FMA: a BLIS-style product
+//! `x · W (+ b)` for the linear layers on x86-64 with AVX2 and FMA but not AVX-512: a BLIS-style product
 //! whose right-hand matrix (the weight) is packed into 16-column panels, and whose 6 x 16
 //! micro-kernel broadcasts the left-hand rows where they lie (dense activations, so nothing
 //! else is packed).
@@ -49,9 +49,18 @@ enum Start {
 
 impl Panels {
     /// `rhs` `[k, n]`, given with its (column, row) strides in elements, packed; `None` where
-    /// the CPU lacks AVX2 or FMA (or is not x86-64), for the caller to take another path.
+    /// `gemm` is the better path ([`preferred`]: the CPU lacks AVX2 or FMA, is not x86-64, or
+    /// has AVX-512).
+    pub(super) fn pack(rhs: (&[f32], usize, usize), shape: [usize; 2]) -> Option<Self> {
+        if !preferred() {
+            return None;
+        }
+        Self::pack_here(rhs, shape)
+    }
+
+    /// [`Self::pack`] wherever the CPU runs the micro-kernel ([`supported`]), preferred or not.
     /// Matrices of more than [`SERIAL`] values are packed over the cores.
-    pub(super) fn pack((rhs, cs, rs): (&[f32], usize, usize), [k, n]: [usize; 2]) -> Option<Self> {
+    fn pack_here((rhs, cs, rs): (&[f32], usize, usize), [k, n]: [usize; 2]) -> Option<Self> {
         if !supported() || k == 0 || n == 0 {
             return None;
         }
@@ -194,6 +203,18 @@ fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the micro-kernel is faster here than `gemm`: on a CPU with AVX-512, `gemm` runs
+/// its own 512-bit kernels (burn's `x86-v4` feature), twice as fast as this AVX2 kernel and as
+/// fast as or faster than a 12 x 32 AVX-512 version of it (`docs/benchmarks.md`, item 11).
+fn preferred() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        supported() && !std::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -351,7 +372,7 @@ mod tests {
             let rhs = values(k * n, 5);
             let bias = values(n, 3);
             for strides in [(1, n), (k, 1)] {
-                let panels = Panels::pack((&rhs, strides.0, strides.1), [k, n]).expect("AVX2 + FMA");
+                let panels = Panels::pack_here((&rhs, strides.0, strides.1), [k, n]).expect("AVX2 + FMA");
                 for bias in [Some(&bias[..]), None] {
                     let mut dst = vec![MaybeUninit::new(f32::NAN); m * n];
                     let got = panels.product(&mut dst, &lhs, bias).to_vec();
