@@ -738,7 +738,7 @@ mod flex {
             "linear: the input's last dimension is not d_in"
         );
         let panels = match packing {
-            Packing::Keep => kept_panels(&weight),
+            Packing::Keep => kept_panels(&weight, Operand::panels),
             Packing::Once => weight.panels().map(Arc::new),
         };
         let out = product_rows(
@@ -758,7 +758,7 @@ mod flex {
     /// Weights packed by inference forwards, least recently used first.
     static KEPT: Mutex<VecDeque<(FloatTensor<Flex>, Arc<Panels>)>> = Mutex::new(VecDeque::new());
 
-    /// `weight` packed into [`Panels`], packed once and kept for the next forward with the same
+    /// `weight` packed into [`Panels`] by `pack`, packed once and kept for the next forward with the same
     /// weight while the packed weights stay within [`KEPT_BYTES`] (ViT-S/16's 49 linear layers
     /// take 176 MB) and someone else still holds the weight. At batch 1 packing every call
     /// took about 5 % of inference.
@@ -766,7 +766,10 @@ mod flex {
     /// An entry holds a clone of the weight tensor: `flex` copies shared storage before writing
     /// to it, so while the entry lives the values at that address are the packed ones and no
     /// other tensor can be allocated there. The same address and layout is the same matrix.
-    fn kept_panels(weight: &Operand) -> Option<Arc<Panels>> {
+    fn kept_panels<'a>(
+        weight: &Operand<'a>,
+        pack: impl FnOnce(&Operand<'a>) -> Option<Panels>,
+    ) -> Option<Arc<Panels>> {
         let same = |kept: &FloatTensor<Flex>| {
             kept.storage::<f32>().as_ptr() == weight.tensor.storage::<f32>().as_ptr()
                 && kept.layout() == weight.tensor.layout()
@@ -779,7 +782,7 @@ mod flex {
             return Some(panels);
         }
         drop(kept);
-        let panels = Arc::new(weight.panels()?);
+        let panels = Arc::new(pack(weight)?);
         let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
         // A weight that only its entry still holds (its model was dropped, or the optimiser
         // replaced it) can never be asked for again.
@@ -1260,19 +1263,28 @@ mod flex {
             FloatTensor::<Flex>::from_data(TensorData::new(vec![value; 32 * 48], [32, 48]))
         }
 
+        /// Packed wherever the CPU runs the panels, so that the cache is tested on a CPU with
+        /// AVX-512 too (where [`Operand::panels`] leaves the products to `gemm`).
+        fn pack(weight: &Operand) -> Option<Panels> {
+            Panels::pack_here(
+                (weight.values(), weight.cs, weight.rs),
+                [weight.rows, weight.cols],
+            )
+        }
+
         #[test]
         fn kept_panels_are_reused_and_let_go_with_their_weight() {
             let weight = matrix(1.0);
-            let Some(panels) = kept_panels(&Operand::new(&weight)) else {
-                return eprintln!("no AVX2 + FMA, or AVX-512 (gemm is used): nothing is packed on this CPU");
+            let Some(panels) = kept_panels(&Operand::new(&weight), pack) else {
+                return eprintln!("no AVX2 + FMA: nothing is packed on this CPU");
             };
-            let again = kept_panels(&Operand::new(&weight)).expect("packed above");
+            let again = kept_panels(&Operand::new(&weight), pack).expect("packed above");
             assert!(Arc::ptr_eq(&panels, &again), "the same weight was packed twice");
             assert_eq!(Arc::strong_count(&panels), 3, "the cache holds the panels too");
             // Once the weight is dropped, the next insertion lets go of its entry.
             drop(weight);
             let other = matrix(2.0);
-            kept_panels(&Operand::new(&other));
+            kept_panels(&Operand::new(&other), pack);
             assert_eq!(Arc::strong_count(&panels), 2);
         }
     }

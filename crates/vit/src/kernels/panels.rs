@@ -60,7 +60,7 @@ impl Panels {
 
     /// [`Self::pack`] wherever the CPU runs the micro-kernel ([`supported`]), preferred or not.
     /// Matrices of more than [`SERIAL`] values are packed over the cores.
-    fn pack_here((rhs, cs, rs): (&[f32], usize, usize), [k, n]: [usize; 2]) -> Option<Self> {
+    pub(super) fn pack_here((rhs, cs, rs): (&[f32], usize, usize), [k, n]: [usize; 2]) -> Option<Self> {
         if !supported() || k == 0 || n == 0 {
             return None;
         }
