@@ -758,10 +758,10 @@ mod flex {
     /// Weights packed by inference forwards, least recently used first.
     static KEPT: Mutex<VecDeque<(FloatTensor<Flex>, Arc<Panels>)>> = Mutex::new(VecDeque::new());
 
-    /// `weight` packed into [`Panels`] by `pack`, packed once and kept for the next forward with the same
-    /// weight while the packed weights stay within [`KEPT_BYTES`] (ViT-S/16's 49 linear layers
-    /// take 176 MB) and someone else still holds the weight. At batch 1 packing every call
-    /// took about 5 % of inference.
+    /// `weight` packed into [`Panels`] by `pack`, once, and kept for the next forward with the
+    /// same weight while the packed weights stay within [`KEPT_BYTES`] (ViT-S/16's 49 linear
+    /// layers take 176 MB) and someone else still holds the weight. At batch 1 packing every
+    /// call took about 5 % of inference.
     ///
     /// An entry holds a clone of the weight tensor: `flex` copies shared storage before writing
     /// to it, so while the entry lives the values at that address are the packed ones and no
@@ -838,14 +838,9 @@ mod flex {
                 let mut shape = x_shape;
                 *shape.last_mut().expect("rank >= 1") = d_in;
                 // Wᵀ is W read with its strides swapped.
-                let panels = Panels::pack((weight.values(), weight.rs, weight.cs), [d_out, d_in]);
-                let dx = product_rows(
-                    (grad, rows, d_out),
-                    (weight.values(), weight.rs, weight.cs),
-                    d_in,
-                    None,
-                    panels.as_ref(),
-                );
+                let transposed = (weight.values(), weight.rs, weight.cs);
+                let panels = Panels::pack(transposed, [d_out, d_in]);
+                let dx = product_rows((grad, rows, d_out), transposed, d_in, None, panels.as_ref());
                 register(grads, Some(node.id), dx, shape);
             }
             if parent_weight.is_none() && parent_bias.is_none() {

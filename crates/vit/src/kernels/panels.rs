@@ -1,7 +1,7 @@
-//! `x · W (+ b)` for the linear layers on x86-64 with AVX2 and FMA but not AVX-512: a BLIS-style product
-//! whose right-hand matrix (the weight) is packed into 16-column panels, and whose 6 x 16
-//! micro-kernel broadcasts the left-hand rows where they lie (dense activations, so nothing
-//! else is packed).
+//! `x · W (+ b)` for the linear layers on x86-64 with AVX2 and FMA but not AVX-512: a
+//! BLIS-style product whose right-hand matrix (the weight) is packed into 16-column panels,
+//! and whose 6 x 16 micro-kernel broadcasts the left-hand rows where they lie (dense
+//! activations, so nothing else is packed).
 //!
 //! `gemm` 0.19, which the other kernels call, packs both operands again in every row-block
 //! task (sixteen times per layer at batch 8). On the ViT-S layer shapes, 288-row blocks with
