@@ -50,6 +50,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation;
 use burn::tensor::module;
 use burn::tensor::ops::AttentionModuleOptions;
+use std::mem::MaybeUninit;
 
 /// Exact GELU, `x * Φ(x)`, as `torch.nn.GELU()` (timm's MLP) computes it.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -225,7 +226,6 @@ mod flex {
     use burn::tensor::{DType, Device, TensorData};
     use rayon::prelude::*;
     use std::collections::VecDeque;
-    use std::mem::MaybeUninit;
     use std::sync::{Arc, Mutex, PoisonError};
 
     /// GELU as a backend extension: `Flex` runs the kernel, `Autodiff<Flex>` records
@@ -251,12 +251,12 @@ mod flex {
                     // in-place kernel would copy the input first).
                     let (input, shape) = dense(x.into_primitive());
                     let values = &input.storage::<f32>()[..input.layout().num_elements()];
-                    // SAFETY: `zeroed` initialises every chunk.
+                    // SAFETY: `gelu_into` writes every element of every chunk.
                     let out = unsafe {
                         written(values.len(), |out| {
                             out.par_chunks_mut(CHUNK)
                                 .zip(values.par_chunks(CHUNK))
-                                .for_each(|(out, x)| gelu_into(zeroed(out), x))
+                                .for_each(|(out, x)| gelu_into(out, x))
                         })
                     };
                     let out = FloatTensor::<Flex>::from_data(TensorData::new(out, shape));
@@ -600,14 +600,14 @@ mod flex {
         let rows = x.len() / d;
         let mut stats = vec![[0f32; 2]; rows];
         let block = CHUNK.div_ceil(d);
-        // SAFETY: `zeroed` initialises every chunk.
+        // SAFETY: `norm_rows` writes every element of every chunk.
         let out = unsafe {
             written(x.len(), |out| {
                 out.par_chunks_mut(block * d)
                     .zip(x.par_chunks(block * d))
                     .zip(stats.par_chunks_mut(block))
                     .for_each(|((out, x), stats)| {
-                        norm_rows(zeroed(out), x, stats, &gamma[..d], &beta[..d], epsilon as f32)
+                        norm_rows(out, x, stats, &gamma[..d], &beta[..d], epsilon as f32)
                     })
             })
         };
@@ -669,7 +669,7 @@ mod flex {
                     .zip(stats.par_chunks(block))
                     .map(|(((dx, grad), x), stats)| {
                         let mut sums = (vec![0f32; d], vec![0f32; d]);
-                        norm_backward_rows(zeroed(dx), grad, x, stats, gamma, &mut sums.0, &mut sums.1);
+                        norm_backward_rows(dx, grad, x, stats, gamma, &mut sums.0, &mut sums.1);
                         sums
                     })
                     .reduce_with(|(mut dg, mut db), (dg2, db2)| {
@@ -678,7 +678,7 @@ mod flex {
                         (dg, db)
                     });
             };
-            // SAFETY: `zeroed` initialises every chunk.
+            // SAFETY: `norm_backward_rows` writes every element of every chunk.
             let dx = unsafe { written(grad.len(), fill) };
             let (dgamma, dbeta) = sums.expect("at least one row");
             let [parent_x, parent_gamma, parent_beta] = ops.parents;
@@ -1159,12 +1159,6 @@ mod flex {
     /// fill runs on the task that then writes the chunk, while it is in that core's cache,
     /// instead of as one serial pass over the whole buffer before the parallel loop (about
     /// 0.7 GB a ViT-S training step, with the other core idle).
-    fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-        chunk.fill(MaybeUninit::new(0.0));
-        // SAFETY: every element was just written.
-        unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast(), chunk.len()) }
-    }
-
     /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]` on this thread, each operand given with its
     /// (column, row) strides in elements, so transposes cost nothing. `dst` may start
     /// uninitialised (the GEMM does not read it) and is returned initialised.
@@ -1289,17 +1283,32 @@ mod flex {
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
     let max = fold_lanes(row, f32::NEG_INFINITY, |m, x| if x > m { x } else { m });
-    row.iter_mut().for_each(|x| *x = exp(*x - max));
-    let inv_sum = 1.0 / fold_lanes(row, 0.0, |sum, x| sum + x);
+    // eˣ written and summed in one pass over the row.
+    let mut lanes = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *x = exp(*x - max);
+            *lane += *x;
+        }
+    }
+    let tail = chunks.into_remainder().iter_mut().fold(0.0, |sum, x| {
+        *x = exp(*x - max);
+        sum + *x
+    });
+    let inv_sum = 1.0 / lanes.into_iter().fold(tail, |sum, x| sum + x);
     row.iter_mut().for_each(|x| *x *= inv_sum);
 }
 
-/// A reduction over eight interleaved accumulators: the compiler may not reorder a float fold
-/// by itself, and a single accumulator never vectorises.
+/// Interleaved accumulators of a reduction: two AVX2 registers or one AVX-512 register.
+const LANES: usize = 16;
+
+/// A reduction over [`LANES`] interleaved accumulators: the compiler may not reorder a float
+/// fold by itself, and a single accumulator never vectorises.
 #[inline(always)]
 fn fold_lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut lanes = [init; 8];
-    let chunks = xs.chunks_exact(8);
+    let mut lanes = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder().iter().fold(init, |acc, &x| f(acc, x));
     for chunk in chunks {
         for (lane, &x) in lanes.iter_mut().zip(chunk) {
@@ -1376,9 +1385,22 @@ macro_rules! multiversion {
             fn generic($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     generic($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the CPU has the features `avx512` is compiled for (AVX-512F
+                    // implies AVX2 and FMA).
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has the features `avx2` is compiled for.
@@ -1417,10 +1439,11 @@ multiversion! {
 }
 
 multiversion! {
-    /// [`gelu_one`] of every element of `x`, into `out`.
-    fn gelu_into(out: &mut [f32], x: &[f32]) {
+    /// [`gelu_one`] of every element of `x`, into `out` (which it need not read, so it may
+    /// start uninitialised).
+    fn gelu_into(out: &mut [MaybeUninit<f32>], x: &[f32]) {
         for (out, &x) in out.iter_mut().zip(x) {
-            *out = gelu_one(x);
+            out.write(gelu_one(x));
         }
     }
 }
@@ -1462,7 +1485,7 @@ multiversion! {
     /// Layer norm of each `d`-long row of `x` into `out` (`d` = γ's length), keeping each
     /// row's `[mean, 1 / σ]`; two passes (mean, then the centred sum of squares) as burn and
     /// PyTorch compute it.
-    fn norm_rows(out: &mut [f32], x: &[f32], stats: &mut [[f32; 2]], gamma: &[f32], beta: &[f32], epsilon: f32) {
+    fn norm_rows(out: &mut [MaybeUninit<f32>], x: &[f32], stats: &mut [[f32; 2]], gamma: &[f32], beta: &[f32], epsilon: f32) {
         let d = gamma.len();
         for ((out, x), stats) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(stats) {
             let mean = fold_lanes(x, 0.0, |sum, x| sum + x) / d as f32;
@@ -1477,7 +1500,7 @@ multiversion! {
             let var = var_lanes.into_iter().fold(tail, |sum, x| sum + x) / d as f32;
             let inv_std = 1.0 / (var + epsilon).sqrt();
             for (((out, &x), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
-                *out = (x - mean) * inv_std * g + b;
+                out.write((x - mean) * inv_std * g + b);
             }
             *stats = [mean, inv_std];
         }
@@ -1488,7 +1511,7 @@ multiversion! {
     /// [`norm_rows`]' backward for each row: `dx` from the output's gradient `grad`, and the
     /// row's `grad x̂` and `grad` added onto `dgamma` and `dbeta`.
     fn norm_backward_rows(
-        dx: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
         grad: &[f32],
         x: &[f32],
         stats: &[[f32; 2]],
@@ -1501,8 +1524,10 @@ multiversion! {
         for (((dx, grad), x), &[mean, inv_std]) in rows.zip(stats) {
             // dx holds x̂ for now.
             for (xhat, &x) in dx.iter_mut().zip(x) {
-                *xhat = (x - mean) * inv_std;
+                xhat.write((x - mean) * inv_std);
             }
+            // SAFETY: the loop above wrote every element of the row.
+            let dx = unsafe { assume_written(dx) };
             // Σ gγ and Σ gγx̂ over eight lanes (see `fold_lanes`), then the tail.
             let (mut sum_gg, mut sum_ggx) = ([0f32; 8], [0f32; 8]);
             let lanes = grad.chunks_exact(8).zip(gamma.chunks_exact(8)).zip(dx.chunks_exact(8));
@@ -1528,11 +1553,20 @@ multiversion! {
     }
 }
 
-/// `a · b` over eight interleaved accumulators (see [`fold_lanes`]).
+/// `xs` as initialised values.
+///
+/// SAFETY: every element of `xs` must have been written.
+#[inline(always)]
+unsafe fn assume_written(xs: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller vouches for the values.
+    unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast(), xs.len()) }
+}
+
+/// `a · b` over [`LANES`] interleaved accumulators (see [`fold_lanes`]).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut lanes = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = a_chunks
         .remainder()
         .iter()
