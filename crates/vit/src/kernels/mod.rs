@@ -993,9 +993,7 @@ mod flex {
                     let m = dst.len() / n;
                     if let Some(bias) = bias {
                         for row in dst.chunks_exact_mut(n) {
-                            for (d, &b) in row.iter_mut().zip(bias) {
-                                d.write(b);
-                            }
+                            row.write_copy_of_slice(bias);
                         }
                     }
                     // SAFETY: `dst` is this task's own `[m, n]` block, read only after the bias was
