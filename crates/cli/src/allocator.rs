@@ -1,53 +1,45 @@
-//! The allocators of gaze's programs, mimalloc for Rust and glibc's `malloc` for C libraries,
-//! both told to keep the memory they free.
+//! The allocator of gaze's programs: glibc's `malloc`, for Rust and for C libraries alike,
+//! told to keep the memory it frees in one heap.
 //!
-//! A forward pass allocates and frees tensor-sized buffers (tens of MB) by the dozen. glibc
-//! malloc maps and unmaps each one, and mimalloc by default hands freed pages back to the OS
-//! after a second, shorter than a training step, so every pass faulted its activations in
-//! again and the kernel zeroed them:
-//! 20 % of a ViT-S inference and 40 % of a training step were spent in `clear_page_erms`
-//! (`docs/benchmarks.md`). Kept, the memory is reused at the cost of holding the peak.
-//! mimalloc also reserves address space in arenas of 1 GiB, and a training step's peak (about
-//! 4 GB at ViT-S batch 8) then spans several; arenas of 4 GiB cut the system time of a
-//! training run by about 40 % and sped the step up by about 5 % in alternating runs.
+//! A forward pass allocates and frees tensor-sized buffers (tens of MB) by the dozen. By
+//! default glibc `mmap`s every block above its threshold (128 KiB, rising only up to 32 MiB)
+//! and unmaps it on free, so every pass faulted its activations in again and the kernel zeroed
+//! them: 20 % of a ViT-S inference and 40 % of a training step were spent in `clear_page_erms`
+//! (`docs/benchmarks.md`), and a `tch` training step (libtorch allocates through `malloc`
+//! too) 22 %, at 0.70–0.81 images/s against 1.23–1.26 with the heap kept. Kept, the memory
+//! is reused at the cost of holding the peak.
 //!
-//! The `tch` backend's tensors are libtorch's, allocated by glibc's `malloc`, which `mmap`s
-//! every block above its threshold (128 KiB, rising only up to 32 MiB) and unmaps it on free:
-//! a `tch` training step spent 22 % of its time zeroing fresh pages and 34 s of a 90 s bench
-//! run in the kernel, at 0.70–0.81 images/s. With glibc told to keep its heap, 1.23–1.26.
+//! One arena: glibc gives threads arenas of their own, and a buffer that one rayon worker
+//! frees is then reused only by threads of that arena. gaze used mimalloc before (purging off,
+//! 4 GiB arenas), whose resident memory grew from 2.35 to 3.0 GB over a training run's first
+//! six steps, each new page faulted in at a cost; the single glibc heap stayed at 2.4 GB
+//! from the second step on. On an AVX-512 Xeon, alternating bench processes: training step
+//! 2.05–2.26 images/s with mimalloc, 2.31–2.40 with this heap (steady state beyond the sixth
+//! step level, 3.19–3.49 s a step either way); inference and captions level.
+//!
+//! Elsewhere than glibc the platform's allocator runs as it is.
 //!
 //! Shared by the `gaze` binary and the `bench` example (`#[path]`), so both measure the same.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` of `mimalloc.h` (v2 and v3), which the Rust bindings leave out.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// `mi_option_arena_reserve` of `mimalloc.h` (v3), in KiB.
-const MI_OPTION_ARENA_RESERVE: libmimalloc_sys::mi_option_t = 23;
-
-/// Never give freed memory back to the OS, neither Rust's (mimalloc) nor that of C libraries
-/// (glibc `malloc`). Call first thing in `main`, before any thread starts.
+/// Never give freed memory back to the OS, and keep all of it in one heap. Call first thing
+/// in `main`, before any thread starts.
 pub fn keep_freed_memory() {
     keep_malloc_heap();
-    // SAFETY: setting an option is thread-safe and takes effect at the next purge.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
-    // SAFETY: as above; takes effect at the next arena reservation.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_RESERVE, 4 << 20) }
 }
 
-/// glibc: serve every block from the heap (no `mmap` per block) and never trim the heap.
+/// glibc: serve every block from the heap (no `mmap` per block), never trim the heap, and
+/// give every thread the one heap.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_malloc_heap() {
-    for (option, name) in [
-        (libc::M_MMAP_THRESHOLD, "M_MMAP_THRESHOLD"),
-        (libc::M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD"),
+    for (option, value, name) in [
+        (libc::M_MMAP_THRESHOLD, libc::c_int::MAX, "M_MMAP_THRESHOLD"),
+        (libc::M_TRIM_THRESHOLD, libc::c_int::MAX, "M_TRIM_THRESHOLD"),
+        (libc::M_ARENA_MAX, 1, "M_ARENA_MAX"),
     ] {
         // SAFETY: `mallopt` only sets a parameter of the allocator; it is called before
         // other threads allocate.
-        if unsafe { libc::mallopt(option, libc::c_int::MAX) } != 1 {
-            eprintln!("warning: glibc refused mallopt({name}); C libraries' memory is unmapped on free");
+        if unsafe { libc::mallopt(option, value) } != 1 {
+            eprintln!("warning: glibc refused mallopt({name}); freed memory may be unmapped or stranded");
         }
     }
 }
@@ -59,28 +51,10 @@ fn keep_malloc_heap() {}
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_options_are_the_purge_delay_and_the_arena_size() {
-        // SAFETY: reading and setting options is thread-safe.
-        let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        // mimalloc 3's default (src/options.c) is 1000 ms; a wrong index reads another option.
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(get(), 1000);
-        }
-        let arena = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_RESERVE) };
-        if std::env::var_os("MIMALLOC_ARENA_RESERVE").is_none() {
-            assert_eq!(arena(), 1 << 20, "mimalloc 3's default arena is 1 GiB (in KiB)");
-        }
-        keep_freed_memory();
-        assert_eq!(get(), -1);
-        assert_eq!(arena(), 4 << 20);
-    }
-
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn glibc_serves_a_tensor_sized_block_from_its_heap() {
-        // Not `keep_freed_memory`: the test beside this one reads mimalloc's defaults.
-        keep_malloc_heap();
+        keep_freed_memory();
         // Above glibc's largest dynamic threshold (32 MiB) and below the 64 MiB that a heap
         // of a thread other than the main one can hold.
         let size = 48 << 20;
