@@ -21,16 +21,11 @@
 //!
 //! Shared by the `gaze` binary and the `bench` example (`#[path]`), so both measure the same.
 
-/// Never give freed memory back to the OS, and keep all of it in one heap. Call first thing
-/// in `main`, before any thread starts.
-pub fn keep_freed_memory() {
-    keep_malloc_heap();
-}
-
-/// glibc: serve every block from the heap (no `mmap` per block), never trim the heap, and
-/// give every thread the one heap.
+/// Never give freed memory back to the OS, and keep all of it in one heap: glibc serves
+/// every block from its heap (no `mmap` per block), never trims it, and gives every thread
+/// the same one. Call first thing in `main`, before any thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_malloc_heap() {
+pub fn keep_freed_memory() {
     for (option, value, name) in [
         (libc::M_MMAP_THRESHOLD, libc::c_int::MAX, "M_MMAP_THRESHOLD"),
         (libc::M_TRIM_THRESHOLD, libc::c_int::MAX, "M_TRIM_THRESHOLD"),
@@ -45,7 +40,7 @@ fn keep_malloc_heap() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_malloc_heap() {}
+pub fn keep_freed_memory() {}
 
 #[cfg(test)]
 mod tests {

@@ -543,8 +543,9 @@ mod flex {
                         softmax_backward_rows(ds, p, n);
                         // dV = Pᵀ dO, after the softmax backward has streamed P into the cache:
                         // the product reads Pᵀ in strips of a few columns across all of P's
-                        // rows, and straight from memory it took 19-23 ms of a ViT-S block's
-                        // backward against 12 with P cached (AVX-512 Xeon).
+                        // rows, and straight from memory it took 18-23 ms of a ViT-S block's
+                        // backward, against 8-10 for each other product of its size
+                        // (AVX-512 Xeon, docs/benchmarks.md item 13).
                         unsafe {
                             bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0)
                         };
@@ -1156,10 +1157,6 @@ mod flex {
         values
     }
 
-    /// `chunk` filled with zeros and returned initialised, for a kernel that overwrites it: the
-    /// fill runs on the task that then writes the chunk, while it is in that core's cache,
-    /// instead of as one serial pass over the whole buffer before the parallel loop (about
-    /// 0.7 GB a ViT-S training step, with the other core idle).
     /// `dst[m, n] = scale * lhs[m, k] rhs[k, n]` on this thread, each operand given with its
     /// (column, row) strides in elements, so transposes cost nothing. `dst` may start
     /// uninitialised (the GEMM does not read it) and is returned initialised.
