@@ -15,7 +15,9 @@
 //! six steps, each new page faulted in at a cost; the single glibc heap stayed at 2.4 GB
 //! from the second step on. On an AVX-512 Xeon, alternating bench processes: training step
 //! 2.05–2.26 images/s with mimalloc, 2.31–2.40 with this heap (steady state beyond the sixth
-//! step level, 3.19–3.49 s a step either way); inference and captions level.
+//! step level, 3.19–3.49 s a step either way); captions level, inference level in one A/B and
+//! 3–5 % slower in another, where glibc's heap, unlike mimalloc's arenas, is not advised for
+//! transparent huge pages (`docs/benchmarks.md` item 14).
 //!
 //! Elsewhere than glibc the platform's allocator runs as it is.
 //!
