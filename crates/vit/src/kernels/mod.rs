@@ -931,18 +931,18 @@ mod flex {
         }
     }
 
-    /// Rows per task of [`product_rows`]: half a 577-token image's worth at ViT-S/16-384.
-    /// Row blocks measured faster than one GEMM split by gemm itself; halving them from one
-    /// image's worth cut the cores' idle tail at the end of each product (utilisation 0.91-0.94
-    /// -> 0.95-0.97 in a training step) for a little more packing of the weights. Fewer than
-    /// two blocks' worth stays one GEMM over all the cores.
+    /// Rows per task of [`product_rows`]: about half a 577-token image's worth at
+    /// ViT-S/16-384, and at least one block per core while blocks keep 48 rows. Row blocks
+    /// measured faster than one GEMM split by gemm itself; halving them from one image's worth
+    /// cut the cores' idle tail at the end of each product (utilisation 0.91-0.94 -> 0.95-0.97
+    /// in a training step) for a little more packing of the weights, and one block per core at
+    /// batch 1 (577 rows), where gemm had split its one product over the cores, made
+    /// whole-model inference 4-5 % faster (`docs/benchmarks.md`, item 15). Fewer rows stay one
+    /// GEMM over all the cores.
     fn block_rows(rows: usize) -> usize {
         const ABOUT: usize = 300;
-        if rows < 2 * ABOUT {
-            rows.max(1)
-        } else {
-            rows.div_ceil(rows.div_ceil(ABOUT))
-        }
+        let cores = rayon::current_num_threads().min(rows.div_ceil(48));
+        rows.div_ceil(rows.div_ceil(ABOUT).max(cores).max(1)).max(1)
     }
 
     /// `lhs [rows, k] · rhs [k, n] (+ bias)` as a new row-major `[rows, n]`, the lhs dense and
@@ -966,11 +966,8 @@ mod flex {
             return bias.map_or_else(|| vec![0f32; rows * n], |b| b.repeat(rows));
         }
         assert!(lhs.len() >= rows * k);
+        let block = block_rows(rows);
         if let Some(panels) = panels {
-            // Blocks of about `block_rows`, but at least one per core while blocks keep 48
-            // rows: at batch 1 `gemm` split its one product over the cores itself.
-            let cores = rayon::current_num_threads().min(rows.div_ceil(48));
-            let block = rows.div_ceil(rows.div_ceil(block_rows(rows)).max(cores));
             let fill = |out: &mut [MaybeUninit<f32>]| {
                 out.par_chunks_mut(block * n)
                     .zip(lhs[..rows * k].par_chunks(block * k))
@@ -981,7 +978,6 @@ mod flex {
             // SAFETY: `Panels::product` writes every element of its block.
             return unsafe { written(rows * n, fill) };
         }
-        let block = block_rows(rows);
         let parallelism = if block == rows {
             gemm::Parallelism::Rayon(0)
         } else {
@@ -1721,8 +1717,14 @@ mod tests {
     #[test]
     fn linear_equals_burns_linear() {
         let device = flex();
-        // 2100 rows make seven row blocks spread over the threads; 10 rows one GEMM.
-        for (shape, transposed) in [([3, 700, 24], false), ([2, 5, 24], true), ([3, 700, 24], true)] {
+        // 2100 rows make seven row blocks spread over the threads, 97 rows one block per
+        // thread (up to two); 10 rows one GEMM.
+        for (shape, transposed) in [
+            ([3, 700, 24], false),
+            ([2, 5, 24], true),
+            ([3, 700, 24], true),
+            ([1, 97, 24], false),
+        ] {
             let layer = random_linear(24, 17, transposed, &device);
             let x = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
             let expected = layer.forward(x.clone()).into_data();
