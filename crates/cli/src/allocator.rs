@@ -16,8 +16,8 @@
 //! from the second step on. On an AVX-512 Xeon, alternating bench processes: training step
 //! 2.05–2.26 images/s with mimalloc, 2.31–2.40 with this heap (steady state beyond the sixth
 //! step level, 3.19–3.49 s a step either way); captions level, inference level in one A/B and
-//! 3–5 % slower in another, where glibc's heap, unlike mimalloc's arenas, is not advised for
-//! transparent huge pages (`docs/benchmarks.md` item 14).
+//! 3–5 % slower in another (`docs/benchmarks.md` item 14); advising glibc's heap for
+//! transparent huge pages, as mimalloc does its arenas, measured no gain (item 15's section).
 //!
 //! Elsewhere than glibc the platform's allocator runs as it is.
 //!
