@@ -937,12 +937,13 @@ mod flex {
     /// cut the cores' idle tail at the end of each product (utilisation 0.91-0.94 -> 0.95-0.97
     /// in a training step) for a little more packing of the weights, and one block per core at
     /// batch 1 (577 rows), where gemm had split its one product over the cores, made
-    /// whole-model inference 4-5 % faster (`docs/benchmarks.md`, item 15). Fewer rows stay one
-    /// GEMM over all the cores.
+    /// whole-model inference 4-5 % faster (`docs/benchmarks.md`, item 15). 48 rows or fewer
+    /// stay one GEMM over all the cores.
     fn block_rows(rows: usize) -> usize {
         const ABOUT: usize = 300;
         let cores = rayon::current_num_threads().min(rows.div_ceil(48));
-        rows.div_ceil(rows.div_ceil(ABOUT).max(cores).max(1)).max(1)
+        let blocks = rows.div_ceil(ABOUT).max(cores).max(1);
+        rows.div_ceil(blocks).max(1)
     }
 
     /// `lhs [rows, k] · rhs [k, n] (+ bias)` as a new row-major `[rows, n]`, the lhs dense and
