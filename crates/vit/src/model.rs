@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
-use crate::kernels::{attention, gelu, layer_norm, linear, merge_heads, split_heads};
+use crate::kernels::{attention, gelu, layer_norm, linear, merge_heads, patch_embed, split_heads};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
 fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -36,10 +36,7 @@ impl PatchEmbed {
 
     /// `[batch, 3, h, w]` to `[batch, patches, dim]`, patches row-major over the grid.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
-        self.proj
-            .forward(images) // [batch, dim, gh, gw]
-            .flatten::<3>(2, 3) // [batch, dim, patches]
-            .swap_dims(1, 2)
+        patch_embed(&self.proj, images)
     }
 }
 
