@@ -11,16 +11,15 @@
 
 mod config;
 mod data;
+mod sgd;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::*;
 pub use data::{ScanReport, epoch_order, scan_images};
+pub use sgd::Sgd;
 
 use crate::{HeadInit, VisionTransformer, VitConfig, load_vit, save_vit};
 
@@ -69,23 +69,24 @@ pub fn learning_rate(schedule: &ScheduleSection, lr: f64, step: usize, total: us
     }
 }
 
-/// The optimizer of `optim`, with PyTorch's semantics (SGD dampening 0).
+/// The optimizer of `optim`, with PyTorch's semantics: gaze's [`Sgd`] (dampening 0), burn's
+/// AdamW.
 pub fn build_optimizer(optim: &OptimSection) -> ModuleOptimizer {
     let clipping = optim
         .clip_grad_norm
         .map(|n| GradientClippingConfig::Norm(n as f32));
     match optim.name {
-        OptimizerKind::Sgd => SgdConfig::new()
-            .with_momentum((optim.momentum > 0.0).then_some(MomentumConfig {
+        OptimizerKind::Sgd => {
+            let sgd = ModuleOptimizer::from(Sgd {
                 momentum: optim.momentum,
-                dampening: 0.0,
+                weight_decay: optim.weight_decay,
                 nesterov: optim.nesterov,
-            }))
-            .with_weight_decay(
-                (optim.weight_decay > 0.0).then(|| WeightDecayConfig::new(optim.weight_decay as f32)),
-            )
-            .with_gradient_clipping(clipping)
-            .init(),
+            });
+            match clipping {
+                Some(clipping) => sgd.with_grad_clipping(clipping.init()),
+                None => sgd,
+            }
+        }
         OptimizerKind::Adamw => AdamWConfig::new()
             .with_beta_1(optim.betas[0] as f32)
             .with_beta_2(optim.betas[1] as f32)
