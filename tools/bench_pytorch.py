@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch side of `cargo xtask bench`: the same workloads as crates/vit/examples/bench.rs
 (timm vit_small_patch16_384, 37 classes, fp32, CPU threads = all cores, or the GPU with
-BENCH_TORCH_DEVICE=cuda), one JSON object per line. Needs torch and timm."""
+BENCH_TORCH_DEVICE=cuda), one JSON object per line; BENCH_ONLY (comma-separated workload
+names) runs a subset. Needs torch and timm."""
 import json
 import os
 import sys
@@ -13,6 +14,11 @@ import torch.nn.functional as F
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 DEVICE = os.environ.get("BENCH_TORCH_DEVICE", "cpu")
+ONLY = os.environ.get("BENCH_ONLY")
+
+
+def wanted(workload):
+    return ONLY is None or workload in ONLY.split(",")
 
 
 def sync():
@@ -96,19 +102,22 @@ def main():
     model = timm.create_model("vit_small_patch16_384", num_classes=37).eval().to(DEVICE)
     with torch.no_grad():
         for batch in (1, 8):
-            x = torch.randn(batch, 3, 384, 384, device=DEVICE)
-            report(f"vit_infer_b{batch}", batch, median_time(lambda: model(x)))
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=3e-4, momentum=0.9)
-    x, y = torch.randn(8, 3, 384, 384, device=DEVICE), torch.arange(8, device=DEVICE)
+            if wanted(f"vit_infer_b{batch}"):
+                x = torch.randn(batch, 3, 384, 384, device=DEVICE)
+                report(f"vit_infer_b{batch}", batch, median_time(lambda: model(x)))
+    if wanted("vit_train_b8"):
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=3e-4, momentum=0.9)
+        x, y = torch.randn(8, 3, 384, 384, device=DEVICE), torch.arange(8, device=DEVICE)
 
-    def step():
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+        def step():
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
 
-    report("vit_train_b8", 8, median_time(step))
-    caption_127()
+        report("vit_train_b8", 8, median_time(step))
+    if wanted("caption_127"):
+        caption_127()
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), file=sys.stderr)
 
 

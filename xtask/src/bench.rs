@@ -21,16 +21,18 @@ pub struct BenchArgs {
     /// Timed runs per workload (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Run gaze's and PyTorch's benches alternately this many times and report the median
-    /// of the rounds: on a shared machine the speed drifts over minutes, and alternating lets
-    /// both sides see the same drift.
+    /// Run each workload this many times on both sides and report medians: in each round a
+    /// workload's gaze and PyTorch runs come back to back, the side that goes first taking
+    /// turns, and the ratio is the median of the rounds' ratios, so both sides of a ratio see
+    /// the same moment of a shared machine, whose speed drifts over minutes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
     /// Python with torch and timm for the reference rows (skipped if it has neither).
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
     /// Also write {"machine", "rows": [{"workload", "unit", "gaze", "pytorch", "ratio",
-    /// "gaze_rounds", "pytorch_rounds"}]} here (the rounds' values before the median).
+    /// "gaze_rounds", "pytorch_rounds", "ratio_rounds"}]} here (the rounds' values before the
+    /// median).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -48,9 +50,12 @@ fn value(rows: &[Value], workload: &str) -> Option<f64> {
         .and_then(|r| r["value"].as_f64())
 }
 
-/// The median over the rounds of `workload`'s value (rounds without it are skipped).
-fn median_value(rounds: &[Vec<Value>], workload: &str) -> Option<f64> {
-    let mut values: Vec<f64> = rounds.iter().filter_map(|rows| value(rows, workload)).collect();
+/// The workloads of `crates/cli/examples/bench.rs` and `tools/bench_pytorch.py`, each run by
+/// itself (`BENCH_ONLY`), in the table's order.
+const WORKLOADS: [&str; 4] = ["vit_infer_b1", "vit_infer_b8", "vit_train_b8", "caption_127"];
+
+/// The median of `values`, `None` if there are none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => None,
@@ -98,47 +103,72 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         .arg(&script)
         .env("BENCH_REPEATS", &repeats)
         .env("BENCH_TORCH_DEVICE", &args.torch_device);
-    let (mut gaze_rounds, mut pytorch_rounds) = (Vec::new(), Vec::new());
+    let rounds = args.rounds as usize;
+    // [round] -> the JSON lines each side printed in that round.
+    let (mut gaze_rounds, mut pytorch_rounds) = (vec![Vec::new(); rounds], vec![Vec::new(); rounds]);
     let mut torch_runs = true;
-    for round in 1..=args.rounds {
-        if args.rounds > 1 {
-            println!("round {round} of {}", args.rounds);
+    for round in 0..rounds {
+        if rounds > 1 {
+            println!("round {} of {rounds}", round + 1);
         }
-        let out = cmd.output().context("could not run cargo")?;
-        if !out.status.success() {
-            bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        gaze_rounds.push(json_lines(&out.stdout));
-        if !torch_runs {
-            continue;
-        }
-        match torch.output() {
-            Ok(o) if o.status.success() => pytorch_rounds.push(json_lines(&o.stdout)),
-            _ => {
-                println!(
-                    "(no PyTorch rows: {} cannot run {} with torch and timm)",
-                    args.python.display(),
-                    script.display()
-                );
-                // gaze's rounds go on without it.
-                torch_runs = false;
+        for workload in WORKLOADS {
+            for gaze_turn in [round % 2 == 0, round % 2 == 1] {
+                if gaze_turn {
+                    let out = cmd
+                        .env("BENCH_ONLY", workload)
+                        .output()
+                        .context("could not run cargo")?;
+                    if !out.status.success() {
+                        bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
+                    }
+                    gaze_rounds[round].extend(json_lines(&out.stdout));
+                    continue;
+                }
+                if !torch_runs {
+                    continue;
+                }
+                match torch.env("BENCH_ONLY", workload).output() {
+                    Ok(o) if o.status.success() => pytorch_rounds[round].extend(json_lines(&o.stdout)),
+                    _ => {
+                        println!(
+                            "(no PyTorch rows: {} cannot run {} with torch and timm)",
+                            args.python.display(),
+                            script.display()
+                        );
+                        // gaze's runs go on without it.
+                        torch_runs = false;
+                    }
+                }
             }
         }
     }
-    let gaze = &gaze_rounds[0];
     let mut rows = Vec::new();
     println!(
         "\n| workload | unit | gaze | PyTorch | ratio (above 1: gaze is faster) |\n|---|---|---|---|---|"
     );
-    for row in gaze {
-        let workload = row["workload"].as_str().unwrap_or_default();
-        let unit = row["unit"].as_str().unwrap_or("images/s");
-        let (g, p) = (
-            median_value(&gaze_rounds, workload),
-            median_value(&pytorch_rounds, workload),
-        );
+    for workload in WORKLOADS {
+        let Some(unit) = gaze_rounds[0]
+            .iter()
+            .find(|r| r["workload"] == workload)
+            .map(|r| r["unit"].as_str().unwrap_or("images/s").to_string())
+        else {
+            continue;
+        };
+        let each = |rounds: &[Vec<Value>]| -> Vec<Option<f64>> {
+            rounds.iter().map(|rows| value(rows, workload)).collect()
+        };
+        let (gaze, pytorch) = (each(&gaze_rounds), each(&pytorch_rounds));
         // Throughput: gaze / PyTorch; latency (seconds): PyTorch / gaze.
-        let ratio = g.zip(p).map(|(g, p)| if unit == "s" { p / g } else { g / p });
+        let ratios: Vec<Option<f64>> = gaze
+            .iter()
+            .zip(&pytorch)
+            .map(|(g, p)| g.zip(*p).map(|(g, p)| if unit == "s" { p / g } else { g / p }))
+            .collect();
+        let (g, p) = (
+            median(gaze.iter().flatten().copied().collect()),
+            median(pytorch.iter().flatten().copied().collect()),
+        );
+        let ratio = median(ratios.iter().flatten().copied().collect());
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         println!(
             "| {workload} | {unit} | {} | {} | {} |",
@@ -146,12 +176,9 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             fmt(p),
             fmt(ratio)
         );
-        let each = |rounds: &[Vec<Value>]| -> Vec<Option<f64>> {
-            rounds.iter().map(|rows| value(rows, workload)).collect()
-        };
         rows.push(json!({
             "workload": workload, "unit": unit, "gaze": g, "pytorch": p, "ratio": ratio,
-            "gaze_rounds": each(&gaze_rounds), "pytorch_rounds": each(&pytorch_rounds),
+            "gaze_rounds": gaze, "pytorch_rounds": pytorch, "ratio_rounds": ratios,
         }));
     }
     if let Some(path) = &args.json {
