@@ -112,6 +112,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             println!("round {} of {rounds}", round + 1);
         }
         for workload in WORKLOADS {
+            // gaze goes first in odd rounds, PyTorch in even ones.
             for gaze_turn in [round % 2 == 0, round % 2 == 1] {
                 if gaze_turn {
                     let out = cmd

@@ -213,7 +213,9 @@ pub fn axpby<const D: usize>(a: f64, x: Tensor<D>, b: f64, y: Tensor<D>) -> Tens
             [a as f32, b as f32],
         ));
     }
-    x.mul_scalar(a) + y.mul_scalar(b)
+    // A factor of 1 (the SGD update has two) is no operation on the device.
+    let scaled = |t: Tensor<D>, factor: f64| if factor == 1.0 { t } else { t.mul_scalar(factor) };
+    scaled(x, a) + scaled(y, b)
 }
 
 /// `conv.forward(x) * scale + shift` per output channel, then ReLU if `relu`: a convolution
