@@ -1912,12 +1912,13 @@ mod tests {
             let w = Tensor::<2>::random([d_out, d_in], Distribution::Normal(0.0, 1.0), device);
             layer.weight = Param::from_tensor(w.swap_dims(0, 1));
         }
-        layer.bias = Some(Param::from_tensor(Tensor::random(
-            [d_out],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        )));
+        layer.bias = Some(random_bias(d_out, device));
         layer
+    }
+
+    /// `n` unit normals, as a layer's bias.
+    fn random_bias(n: usize, device: &Device) -> burn::module::Param<Tensor<1>> {
+        burn::module::Param::from_tensor(Tensor::random([n], Distribution::Normal(0.0, 1.0), device))
     }
 
     #[test]
@@ -2086,15 +2087,10 @@ mod tests {
 
     /// A `5 -> 7` convolution with a `kernel` and stride `stride`, and a bias.
     fn patch_conv(kernel: [usize; 2], stride: [usize; 2], device: &Device) -> Conv2d {
-        use burn::module::Param;
         let mut conv = burn::nn::conv::Conv2dConfig::new([5, 7], kernel)
             .with_stride(stride)
             .init(device);
-        conv.bias = Some(Param::from_tensor(Tensor::random(
-            [7],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        )));
+        conv.bias = Some(random_bias(7, device));
         conv
     }
 
