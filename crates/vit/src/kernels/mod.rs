@@ -171,6 +171,12 @@ pub fn patch_embed(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
             bias.val().into_dispatch(),
         ));
     }
+    burns_patch_embed(conv, x)
+}
+
+/// burn's own patch embedding, the convolution with its grid flattened into tokens: what
+/// [`patch_embed`] runs off its fast path, and what the tests hold that path to.
+fn burns_patch_embed(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
     conv.forward(x) // [batch, dim, gh, gw]
         .flatten::<3>(2, 3)
         .swap_dims(1, 2)
@@ -2080,11 +2086,6 @@ mod tests {
         assert_ne!(x_values, expected, "the update changes something");
     }
 
-    /// burn's own patch embedding: the convolution, its grid flattened into tokens.
-    fn burns_patch_embed(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
-        conv.forward(x).flatten::<3>(2, 3).swap_dims(1, 2)
-    }
-
     /// A `5 -> 7` convolution with a `kernel` and stride `stride`, and a bias.
     fn patch_conv(kernel: [usize; 2], stride: [usize; 2], device: &Device) -> Conv2d {
         let mut conv = burn::nn::conv::Conv2dConfig::new([5, 7], kernel)
@@ -2125,29 +2126,26 @@ mod tests {
         let device = flex().autodiff();
         let conv = patch_conv([2, 3], [2, 3], &device);
         let x = Tensor::<4>::random([2, 5, 6, 12], Distribution::Normal(0.0, 1.0), &device);
-        let weight = Tensor::<3>::random([2, 12, 7], Distribution::Normal(0.0, 1.0), &device);
+        // The tokens `[2, 12, 7]` with a leading 1, so input and output share a rank.
+        let weight = Tensor::<4>::random([1, 2, 12, 7], Distribution::Normal(0.0, 1.0), &device);
         let bias = conv.bias.as_ref().unwrap();
         assert!(flex::cuts_patches(&conv, &x));
-        let run = |f: &dyn Fn(Tensor<4>) -> Tensor<3>| {
-            let x = x.clone().require_grad();
-            let out = f(x.clone());
-            let grads = (out.clone() * weight.clone()).sum().backward();
-            [
-                out.inner().into_data(),
-                x.grad(&grads).expect("x is tracked").into_data(),
-                conv.weight.grad(&grads).expect("weight is tracked").into_data(),
-                bias.grad(&grads).expect("bias is tracked").into_data(),
-            ]
-        };
-        let expected = run(&|x| burns_patch_embed(&conv, x));
-        for (name, (got, expected)) in ["output", "dx", "dw", "db"]
-            .iter()
-            .zip(run(&|x| patch_embed(&conv, x)).iter().zip(&expected))
-        {
-            assert_eq!(got.shape(), expected.shape(), "{name}");
-            // dw and db sum 24 products of unit normals.
-            got.assert_approx_eq::<f32>(expected, Tolerance::absolute(1e-4));
-        }
+        // dw and db sum 24 products of unit normals.
+        assert_same_gradients(
+            (&x, &weight),
+            &|x| patch_embed(&conv, x).unsqueeze(),
+            &|x| burns_patch_embed(&conv, x).unsqueeze(),
+            &|grads| {
+                vec![
+                    (
+                        "dw",
+                        conv.weight.grad(grads).expect("weight is tracked").into_data(),
+                    ),
+                    ("db", bias.grad(grads).expect("bias is tracked").into_data()),
+                ]
+            },
+            1e-4,
+        );
     }
 
     #[test]
