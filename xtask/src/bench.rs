@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// the same moment of a shared machine, whose speed drifts over minutes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
+    /// Only these workloads, comma-separated (e.g. `--only vit_train_b8 --rounds 8` to pin one
+    /// row down); all four when not given.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(WORKLOADS))]
+    only: Vec<String>,
     /// Python with torch and timm for the reference rows (skipped if it has neither).
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
@@ -103,6 +107,10 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         .arg(&script)
         .env("BENCH_REPEATS", &repeats)
         .env("BENCH_TORCH_DEVICE", &args.torch_device);
+    let workloads: Vec<&str> = WORKLOADS
+        .into_iter()
+        .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w))
+        .collect();
     let rounds = args.rounds as usize;
     // [round] -> the JSON lines each side printed in that round.
     let (mut gaze_rounds, mut pytorch_rounds) = (vec![Vec::new(); rounds], vec![Vec::new(); rounds]);
@@ -111,7 +119,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
         if rounds > 1 {
             println!("round {} of {rounds}", round + 1);
         }
-        for workload in WORKLOADS {
+        for &workload in &workloads {
             // gaze goes first in odd rounds, PyTorch in even ones.
             for gaze_turn in [round % 2 == 0, round % 2 == 1] {
                 if gaze_turn {
@@ -147,7 +155,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     println!(
         "\n| workload | unit | gaze | PyTorch | ratio (above 1: gaze is faster) |\n|---|---|---|---|---|"
     );
-    for workload in WORKLOADS {
+    for &workload in &workloads {
         let Some(unit) = gaze_rounds[0]
             .iter()
             .find(|r| r["workload"] == workload)
@@ -196,7 +204,11 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             },
             "rows": rows,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+        // Whole or not at all, as gaze's own outputs (gaze_data::io::write_atomic, whose
+        // image stack xtask does not build).
+        let partial = path.with_extension("json.partial");
+        std::fs::write(&partial, serde_json::to_vec_pretty(&report)?)
+            .and_then(|()| std::fs::rename(&partial, path))
             .with_context(|| format!("{}: could not write", path.display()))?;
     }
     Ok(())
