@@ -68,24 +68,26 @@ impl Attention {
     /// `[batch, tokens, 3 * dim]` of every token: token 0's query against every key.
     fn class_token_context(&self, qkv: Tensor<3>) -> Tensor<3> {
         let [q, k, v] = split_heads(qkv, self.num_heads);
-        let [.., head_dim] = q.dims();
-        let scale = (head_dim as f64).powf(-0.5);
-        let q = q.narrow(2, 0, 1).mul_scalar(scale); // [batch, heads, 1, head_dim]
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)), 3); // [batch, heads, 1, tokens]
-        merge_heads(weights.matmul(v))
+        let (context, _) = attend(q.narrow(2, 0, 1), k, v); // [batch, heads, 1, head_dim]
+        merge_heads(context)
     }
 
     /// Explicit `softmax(q k^T / sqrt(d)) v`, also returning the attention probabilities
     /// `[batch, heads, queries, keys]`.
     pub fn forward_with_weights(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let [q, k, v] = split_heads(linear(&self.qkv, x), self.num_heads);
-        let [.., head_dim] = q.dims();
-        let scale = (head_dim as f64).powf(-0.5);
-        let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)); // [batch, heads, n, n]
-        let weights = softmax(scores, 3);
-        let context = weights.clone().matmul(v);
+        let (context, weights) = attend(q, k, v);
         (linear(&self.proj, merge_heads(context)), weights)
     }
+}
+
+/// `softmax(q kᵀ / sqrt(head_dim)) v` for `q` `[batch, heads, queries, head_dim]` and `k`, `v`
+/// `[batch, heads, keys, head_dim]`, and the probabilities `[batch, heads, queries, keys]`.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    let [.., head_dim] = q.dims();
+    let scale = (head_dim as f64).powf(-0.5);
+    let weights = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+    (weights.clone().matmul(v), weights)
 }
 
 /// `fc1`, exact (erf) GELU, `fc2`.
