@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch side of `cargo xtask bench`: the same workloads as crates/vit/examples/bench.rs
+"""PyTorch side of `cargo xtask bench`: the same workloads as crates/cli/examples/bench.rs
 (timm vit_small_patch16_384, 37 classes, fp32, CPU threads = all cores, or the GPU with
 BENCH_TORCH_DEVICE=cuda), one JSON object per line; BENCH_ONLY (comma-separated workload
 names) runs a subset. Needs torch and timm."""
