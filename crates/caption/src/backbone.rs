@@ -9,7 +9,7 @@ use burn::tensor::activation::{self, relu};
 use burn::tensor::{Device, Tensor};
 
 use crate::CatrConfig;
-use gaze_vit::kernels::conv2d_affine;
+use gaze_nn::ops::conv_bn;
 
 /// Batch norm with fixed statistics and affine (DETR's `FrozenBatchNorm2d`, eps 1e-5).
 #[derive(Module, Debug)]
@@ -88,14 +88,14 @@ impl FrozenBatchNorm2d {
     }
 
     /// This batch norm of `conv(x)`, then ReLU if `relu`; with the running statistics in one
-    /// pass on `flex` ([`conv2d_affine`]).
+    /// pass on `flex` ([`conv_bn`]).
     fn after(&self, conv: &Conv2d, x: Tensor<4>, relu: bool) -> Tensor<4> {
         if self.batch_statistics {
             let y = self.forward(conv.forward(x));
             return if relu { activation::relu(y) } else { y };
         }
         let (scale, shift) = self.scale_shift();
-        conv2d_affine(conv, x, scale, shift, relu)
+        conv_bn(conv, x, scale, shift, relu)
     }
 }
 

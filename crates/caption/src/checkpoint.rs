@@ -4,19 +4,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::store::{
-    BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
-};
+use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
 use burn::tensor::Device;
-use gaze_vit::checkpoint::{Checkpoint, Format, state_dict_shapes};
+use gaze_nn::checkpoint::{
+    Checkpoint, Format, LoadError, read_metadata, save_safetensors, state_dict_shapes, unapplied,
+};
 
-use crate::{Caption, CatrConfig};
+use crate::{Catr, CatrConfig};
 
 /// Why captioning could not start or finish. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptionError {
     #[error(transparent)]
-    Load(#[from] gaze_vit::LoadError),
+    Load(#[from] LoadError),
     #[error("{path}: {message}")]
     Mismatch { path: PathBuf, message: String },
     #[error(transparent)]
@@ -63,42 +63,26 @@ pub const CATR_METADATA_KEY: &str = "gaze.catr";
 
 /// The architecture stored in a safetensors file written by [`save_catr`], if any.
 pub fn stored_config(path: &Path) -> Result<Option<CatrConfig>, CaptionError> {
-    let checkpoint = Checkpoint::open(path)?;
-    checkpoint
-        .metadata
-        .get(CATR_METADATA_KEY)
-        .map(|json| {
-            serde_json::from_str(json).map_err(|e| CaptionError::Mismatch {
-                path: path.to_path_buf(),
-                message: format!("bad {CATR_METADATA_KEY} metadata: {e}"),
-            })
-        })
-        .transpose()
+    Ok(read_metadata(&Checkpoint::open(path)?, CATR_METADATA_KEY)?)
 }
 
 /// Writes `model` as safetensors under the published checkpoint's names, with `config` in the
 /// metadata so that the file alone rebuilds the model.
-pub fn save_catr(model: &Caption, config: &CatrConfig, path: &Path) -> Result<(), CaptionError> {
-    let err = |message: String| CaptionError::Mismatch {
+pub fn save_catr(model: &Catr, config: &CatrConfig, path: &Path) -> Result<(), CaptionError> {
+    let json = serde_json::to_string(config).map_err(|e| CaptionError::Mismatch {
         path: path.to_path_buf(),
-        message,
-    };
-    let json = serde_json::to_string(config).map_err(|e| err(e.to_string()))?;
-    gaze_vit::checkpoint::write_then_rename(path, |tmp| {
-        let mut store = SafetensorsStore::from_file(tmp)
-            .with_to_adapter(BurnToPyTorchAdapter)
-            .metadata(CATR_METADATA_KEY, json)
-            .overwrite(true);
-        for (from, to) in remappings(false) {
-            store = store.with_key_remapping(&from, &to);
-        }
-        model.save_into(&mut store).map_err(|e| e.to_string())
-    })
-    .map_err(err)
+        message: e.to_string(),
+    })?;
+    Ok(save_safetensors(
+        model,
+        path,
+        (CATR_METADATA_KEY, json),
+        remappings(false),
+    )?)
 }
 
 /// Builds `config`'s model with the weights in `path`, after checking every name and shape.
-pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Caption, CaptionError> {
+pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Catr, CaptionError> {
     let checkpoint = Checkpoint::open(path)?;
     let mismatch = |message: String| CaptionError::Mismatch {
         path: path.to_path_buf(),
@@ -137,14 +121,8 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
             model.load_from(&mut store).map_err(|e| mismatch(e.to_string()))?
         }
     };
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        let errors: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
-        return Err(mismatch(
-            format!("{} {}", errors.join("; "), missing.join(", "))
-                .trim()
-                .to_string(),
-        ));
+    if let Some(details) = unapplied(&result, |_| true) {
+        return Err(mismatch(details));
     }
     Ok(model)
 }

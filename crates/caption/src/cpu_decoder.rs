@@ -8,9 +8,10 @@
 
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
-use gaze_vit::kernels::{ArgmaxHead, Team, attend_one};
+use gaze_nn::decode::{ArgmaxHead, Team, attend_one};
 
-use crate::model::{Caption, Decoding};
+use crate::Catr;
+use crate::greedy::Decoding;
 use crate::transformer::{DecoderLayer, MultiheadAttention, NORM_EPS};
 
 /// A tensor's elements, row-major.
@@ -196,7 +197,7 @@ impl LayerState {
     }
 }
 
-/// The decoder and head of a [`Caption`] as plain arrays, copied out once for many captions.
+/// The decoder and head of a [`Catr`] as plain arrays, copied out once for many captions.
 pub(crate) struct CpuWeights {
     /// Word embeddings `[vocab, d]`, left in the tensor: a step reads one row.
     words: Tensor<2>,
@@ -212,7 +213,7 @@ pub(crate) struct CpuWeights {
 }
 
 impl CpuWeights {
-    pub fn new(model: &Caption) -> Self {
+    pub fn new(model: &Catr) -> Self {
         let transformer = &model.transformer;
         let emb = &transformer.embeddings;
         let decoder = &transformer.decoder;
@@ -239,11 +240,11 @@ pub(crate) struct CpuDecoder<'t, 'w> {
 }
 
 impl<'t, 'w> CpuDecoder<'t, 'w> {
-    /// `memory` and `pos` as [`Caption::encode`] returns them, for one image.
+    /// `memory` and `pos` as [`Catr::encode`] returns them, for one image.
     pub fn new(
         weights: &'w CpuWeights,
         team: &'t Team<'w>,
-        model: &Caption,
+        model: &Catr,
         memory: Tensor<3>,
         pos: Tensor<3>,
     ) -> Self {
@@ -283,7 +284,7 @@ impl Decoding for CpuDecoder<'_, '_> {
         let next = match logits {
             Some(logits) => {
                 *logits = w.output.logits(team, &x);
-                gaze_vit::infer::argmax(logits)
+                gaze_nn::argmax(logits)
             }
             None => w.output.argmax(team, &x),
         };

@@ -8,10 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::CatrConfig;
 use crate::backbone::ResNet;
-use crate::cpu_decoder::{CpuDecoder, CpuWeights, values};
-use crate::transformer::LayerCache;
 use crate::transformer::{DecoderLayer, EncoderLayer, causal_mask, sine_position};
-use gaze_vit::kernels::with_team;
 
 /// `[CLS]`, the first input token, and `[SEP]`, which ends a caption (hard-coded upstream).
 pub const CLS: usize = 101;
@@ -56,33 +53,18 @@ pub struct Mlp {
 /// CATR: `backbone`, `input_proj`, `transformer`, `mlp`, as in the checkpoint (whose
 /// `backbone.0.body.` prefix and `downsample.0/1` are renamed on load).
 #[derive(Module, Debug)]
-pub struct Caption {
+pub struct Catr {
     pub backbone: ResNet,
     pub input_proj: Conv2d,
     pub transformer: Transformer,
     pub mlp: Mlp,
 }
 
-/// A greedy caption and where each step looked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaptionOutput {
-    /// Generated word-piece ids, without `[CLS]` and `[SEP]`.
-    pub tokens: Vec<usize>,
-    /// Per decoding step (one per token, plus the step that chose `[SEP]` if it was
-    /// reached), the last decoder layer's cross-attention averaged over heads, `hf * wf`
-    /// values row-major over the feature grid.
-    pub attention: Vec<Vec<f32>>,
-    /// Feature grid `(hf, wf)`: `(ceil(h / 16), ceil(w / 16))` for the dilated backbone.
-    pub grid: (usize, usize),
-    /// Logits of the first step, for checks.
-    pub first_logits: Vec<f32>,
-}
-
 impl CatrConfig {
-    pub fn init(&self, device: &Device) -> Caption {
+    pub fn init(&self, device: &Device) -> Catr {
         let d = self.hidden_dim;
         let (heads, ffn) = (self.nheads, self.dim_feedforward);
-        Caption {
+        Catr {
             backbone: ResNet::new(self, device),
             input_proj: Conv2dConfig::new([self.backbone_channels(), d], [1, 1]).init(device),
             transformer: Transformer {
@@ -118,7 +100,7 @@ impl CatrConfig {
     }
 }
 
-impl Caption {
+impl Catr {
     /// Image features after the encoder, `[1, cells, d]`, their sine positions, and the grid.
     pub fn encode(&self, image: Tensor<4>) -> (Tensor<3>, Tensor<3>, (usize, usize)) {
         let device = image.device();
@@ -138,7 +120,7 @@ impl Caption {
     }
 
     /// Logits `[batch, len, vocab]` of the head for decoder output `t` `[batch, len, d]`.
-    fn head(&self, t: Tensor<3>) -> Tensor<3> {
+    pub(crate) fn head(&self, t: Tensor<3>) -> Tensor<3> {
         let [a, b, c] = self.head_layers();
         c.forward(relu(b.forward(relu(a.forward(t)))))
     }
@@ -180,133 +162,13 @@ impl Caption {
         let logits = self.head(self.transformer.decoder.norm.forward(t));
         (logits, weights.expect("at least one decoder layer"))
     }
-
-    /// Greedy decoding as CATR's `predict.py` (start from `[CLS]`, stop at `[SEP]` or after
-    /// `max_tokens`), with the encoder run once and a key/value cache in the decoder. For many
-    /// images, [`Caption::captioner`] prepares the decoder once.
-    pub fn caption(&self, image: Tensor<4>, max_tokens: usize) -> CaptionOutput {
-        self.captioner().caption(image, max_tokens)
-    }
-
-    /// A greedy captioner for this model. On the `flex` CPU backend it copies the decoder's
-    /// and head's weights out once and decodes on plain slices ([`CpuWeights`]); elsewhere it
-    /// decodes through the tensors.
-    pub fn captioner(&self) -> Captioner<'_> {
-        let on_cpu = gaze_vit::kernels::plain_flex(&self.transformer.embeddings.word_embeddings.weight.val());
-        Captioner {
-            model: self,
-            cpu: on_cpu.then(|| CpuWeights::new(self)),
-        }
-    }
-}
-
-/// [`Caption::caption`] for many images, its preparation done once.
-pub struct Captioner<'a> {
-    model: &'a Caption,
-    cpu: Option<CpuWeights>,
-}
-
-impl Captioner<'_> {
-    /// See [`Caption::caption`].
-    pub fn caption(&self, image: Tensor<4>, max_tokens: usize) -> CaptionOutput {
-        let model = self.model;
-        let (memory, pos, grid) = model.encode(image);
-        let positions = model.transformer.embeddings.position_embeddings.weight.dims()[0];
-        let steps = max_tokens.min(positions - 1);
-        let (tokens, attention, first_logits) = match &self.cpu {
-            Some(weights) => {
-                with_team(|team| greedy(&mut CpuDecoder::new(weights, team, model, memory, pos), steps))
-            }
-            None => greedy(&mut TensorDecoder::new(model, memory, pos), steps),
-        };
-        CaptionOutput {
-            tokens,
-            attention,
-            grid,
-            first_logits,
-        }
-    }
-}
-
-/// Up to `steps` greedy steps from `[CLS]` until `[SEP]`: the tokens, each step's attention,
-/// and the first step's logits.
-fn greedy(decoder: &mut dyn Decoding, steps: usize) -> (Vec<usize>, Vec<Vec<f32>>, Vec<f32>) {
-    let (mut tokens, mut attention, mut first_logits) = (Vec::new(), Vec::new(), Vec::new());
-    let mut token = CLS;
-    for step in 0..steps {
-        let logits = (step == 0).then_some(&mut first_logits);
-        let (next, weights) = decoder.step(token, step, logits);
-        attention.push(weights);
-        if next == SEP {
-            break;
-        }
-        tokens.push(next);
-        token = next;
-    }
-    (tokens, attention, first_logits)
-}
-
-/// One greedy decoding step from `token` at `position`: the next token (the argmax of the
-/// logits, which go to `logits` when asked for) and the last decoder layer's cross-attention
-/// averaged over heads, `[cells]`.
-pub(crate) trait Decoding {
-    fn step(&mut self, token: usize, position: usize, logits: Option<&mut Vec<f32>>) -> (usize, Vec<f32>);
-}
-
-/// Decoding through the tensors, on any backend.
-struct TensorDecoder<'a> {
-    model: &'a Caption,
-    caches: Vec<LayerCache>,
-}
-
-impl<'a> TensorDecoder<'a> {
-    fn new(model: &'a Caption, memory: Tensor<3>, pos: Tensor<3>) -> Self {
-        let caches = model
-            .transformer
-            .decoder
-            .layers
-            .iter()
-            .map(|l| l.cache(memory.clone(), pos.clone()))
-            .collect();
-        Self { model, caches }
-    }
-}
-
-impl Decoding for TensorDecoder<'_> {
-    fn step(&mut self, token: usize, position: usize, logits: Option<&mut Vec<f32>>) -> (usize, Vec<f32>) {
-        let emb = &self.model.transformer.embeddings;
-        let decoder = &self.model.transformer.decoder;
-        let words = emb.word_embeddings.weight.val();
-        let [_, d] = words.dims();
-        let qpos = emb
-            .position_embeddings
-            .weight
-            .val()
-            .narrow(0, position, 1)
-            .reshape([1, 1, d]);
-        let word = words.narrow(0, token, 1).reshape([1, 1, d]);
-        // The learned position is added here and again as the query position, as upstream.
-        let mut t = emb.layer_norm.forward(word + qpos.clone());
-        let mut weights = None;
-        for (layer, cache) in decoder.layers.iter().zip(self.caches.iter_mut()) {
-            let (out, w) = layer.step(t, qpos.clone(), cache);
-            t = out;
-            weights = Some(w);
-        }
-        let all = values(self.model.head(decoder.norm.forward(t)));
-        let next = gaze_vit::infer::argmax(&all);
-        if let Some(logits) = logits {
-            *logits = all;
-        }
-        (next, values(weights.expect("at least one decoder layer")))
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub(super) fn tiny() -> CatrConfig {
+    pub(crate) fn tiny() -> CatrConfig {
         CatrConfig::from_partial(&serde_json::json!({
             "resnet_blocks": [1, 1, 1, 1], "resnet_width": 4, "hidden_dim": 16, "nheads": 2,
             "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 32, "vocab_size": 120,
@@ -347,43 +209,8 @@ mod tests {
         assert!(max_diff(&logits[..vocab], &greedy.first_logits) < 1e-5);
         for (k, row) in greedy.attention.iter().enumerate().take(len) {
             assert!(max_diff(&attention[k * 15..][..15], row) < 1e-5, "step {k}");
-            let next = gaze_vit::infer::argmax(&logits[k * vocab..][..vocab]);
+            let next = gaze_nn::argmax(&logits[k * vocab..][..vocab]);
             assert_eq!(Some(&next), greedy.tokens.get(k).or(Some(&SEP)), "step {k}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod decoder_tests {
-    use super::*;
-
-    #[test]
-    fn slice_decoding_equals_tensor_decoding() {
-        let device = Device::flex();
-        device.seed(11);
-        let model = super::tests::tiny().init(&device);
-        let image = Tensor::<4>::random(
-            [1, 3, 48, 64],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let fast = model.captioner();
-        assert_eq!(
-            fast.cpu.is_some(),
-            gaze_vit::kernels::plain_flex(&image),
-            "flex decodes on slices"
-        );
-        let tensors = Captioner {
-            model: &model,
-            cpu: None,
-        };
-        let (a, b) = (fast.caption(image.clone(), 10), tensors.caption(image, 10));
-        assert_eq!(a.tokens, b.tokens);
-        assert_eq!(a.attention.len(), b.attention.len());
-        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-        assert!(max_diff(&a.first_logits, &b.first_logits) < 1e-5);
-        for (x, y) in a.attention.iter().zip(&b.attention) {
-            assert!(max_diff(x, y) < 1e-6);
         }
     }
 }

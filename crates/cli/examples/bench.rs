@@ -12,8 +12,10 @@ use std::time::Instant;
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use gaze_caption::CatrConfig;
-use gaze_vit::train::{OptimSection, OptimizerKind, build_optimizer, cross_entropy};
-use gaze_vit::{VitConfig, parse_device};
+use gaze_nn::parse_device;
+use gaze_train::{OptimSection, OptimizerKind, build_optimizer};
+use gaze_vit::VitConfig;
+use gaze_vit::train::cross_entropy;
 
 #[path = "../src/allocator.rs"]
 mod allocator;

@@ -2,22 +2,13 @@
 //! told to keep the memory it frees in one heap.
 //!
 //! A forward pass allocates and frees tensor-sized buffers (tens of MB) by the dozen. By
-//! default glibc `mmap`s every block above its threshold (128 KiB, rising only up to 32 MiB)
-//! and unmaps it on free, so every pass faulted its activations in again and the kernel zeroed
-//! them: 20 % of a ViT-S inference and 40 % of a training step were spent in `clear_page_erms`
-//! (`docs/benchmarks.md`), and a `tch` training step (libtorch allocates through `malloc`
-//! too) 22 %, at 0.70–0.81 images/s against 1.23–1.26 with the heap kept. Kept, the memory
-//! is reused at the cost of holding the peak.
+//! default glibc `mmap`s every block above its threshold and unmaps it on free, so every
+//! pass faults its activations in again and the kernel zeroes them; libtorch allocates
+//! through `malloc` too. Kept, the memory is reused at the cost of holding the peak.
 //!
 //! One arena: glibc gives threads arenas of their own, and a buffer that one rayon worker
-//! frees is then reused only by threads of that arena. gaze used mimalloc before (purging off,
-//! 4 GiB arenas), whose resident memory grew from 2.35 to 3.0 GB over a training run's first
-//! six steps, each new page faulted in at a cost; the single glibc heap stayed at 2.4 GB
-//! from the second step on. On an AVX-512 Xeon, alternating bench processes: training step
-//! 2.05–2.26 images/s with mimalloc, 2.31–2.40 with this heap (steady state beyond the sixth
-//! step level, 3.19–3.49 s a step either way); captions level, inference level in one A/B and
-//! 3–5 % slower in another (`docs/benchmarks.md` item 14); advising glibc's heap for
-//! transparent huge pages, as mimalloc does its arenas, measured no gain (item 15's section).
+//! frees is then reused only by threads of that arena. (The measurements, and why this
+//! replaced mimalloc, are in `docs/optimization-log.md`, items 14 and 15.)
 //!
 //! Elsewhere than glibc the platform's allocator runs as it is.
 //!

@@ -7,9 +7,9 @@ use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use gaze_caption::{CatrConfig, Vocab, load_catr, preprocess, stored_config, words};
 use gaze_data::{collect_images, ensure_readable, load_rgb};
+use gaze_records::{CaptionRecord, WordRecord};
 use gaze_viz::Colormap;
 use gaze_viz::figures::{Region, attention_figure};
-use serde::Serialize;
 
 use crate::progress::bar;
 
@@ -46,25 +46,6 @@ pub struct CaptionArgs {
     device: String,
 }
 
-#[derive(Serialize)]
-struct WordJson {
-    text: String,
-    /// Indices into token_ids / attention of this word's pieces.
-    steps: Vec<usize>,
-}
-
-#[derive(Serialize)]
-struct CaptionJson {
-    caption: String,
-    token_ids: Vec<usize>,
-    feat_grid: [usize; 2],
-    /// One `[h][w]` map per generated token (row k of the last decoder layer's cross-attention at step k).
-    attention: Vec<Vec<Vec<f32>>>,
-    /// The map of the step that chose [SEP], when the caption ended before the limit.
-    end_attention: Option<Vec<Vec<f32>>>,
-    words: Vec<WordJson>,
-}
-
 pub fn caption(args: CaptionArgs) -> Result<()> {
     let config = match &args.arch {
         Some(path) => {
@@ -88,7 +69,7 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
     }
     let paths = collect_images(&args.images)?;
     ensure_readable(&paths)?;
-    let device = gaze_vit::parse_device(&args.device)?;
+    let device = gaze_nn::parse_device(&args.device)?;
     let model = load_catr(&args.weights, &config, &device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: could not create", args.out.display()))?;
@@ -105,29 +86,13 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
         progress.suspend(|| {
             println!(
                 "{}: {text} ({} tokens, {seconds:.2} s)",
-                gaze_vit::infer::display_name(path),
+                gaze_data::display_name(path),
                 out.tokens.len()
             )
         });
         let (gh, gw) = out.grid;
         let grouped = words(&vocab, &out.tokens);
-        // Pieces of one word share a panel: their maps are averaged.
-        let mut maps: Vec<(String, Vec<f32>)> = grouped
-            .iter()
-            .map(|word| {
-                let mut mean = vec![0f32; gh * gw];
-                for &s in &word.steps {
-                    mean.iter_mut()
-                        .zip(&out.attention[s])
-                        .for_each(|(m, v)| *m += v / word.steps.len() as f32);
-                }
-                (word.text.clone(), mean)
-            })
-            .collect();
-        let ended = out.attention.len() > out.tokens.len();
-        if ended {
-            maps.push(("[end]".into(), out.attention[out.tokens.len()].clone()));
-        }
+        let maps = out.word_maps(&grouped);
         // Feature cell (y, x) covers pixels [sy, sy + s) x [sx, sx + s) for stride s: the
         // grid overhangs the image when a side is not a multiple of s.
         let stride = config.output_stride() as u32;
@@ -155,16 +120,19 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let grid = |row: &Vec<f32>| row.chunks(gw).map(<[f32]>::to_vec).collect::<Vec<_>>();
-        let json = CaptionJson {
+        let grid = |row: &[f32]| row.chunks(gw).map(<[f32]>::to_vec).collect::<Vec<_>>();
+        let json = CaptionRecord {
             caption: text,
             token_ids: out.tokens.clone(),
             feat_grid: [gh, gw],
-            attention: out.attention[..out.tokens.len()].iter().map(grid).collect(),
-            end_attention: ended.then(|| grid(&out.attention[out.tokens.len()])),
+            attention: out.attention[..out.tokens.len()]
+                .iter()
+                .map(|row| grid(row))
+                .collect(),
+            end_attention: out.end_attention().map(grid),
             words: grouped
                 .into_iter()
-                .map(|w| WordJson {
+                .map(|w| WordRecord {
                     text: w.text,
                     steps: w.steps,
                 })

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
+use gaze_data::display_name;
 use gaze_data::{collect_images, labeled_images, write_atomic};
-use gaze_vit::infer::{argmax, display_name};
-use gaze_vit::{
-    VisionTransformer, VitConfig, classification_metrics, classify_files, load_pretrained, parse_device,
-};
+use gaze_nn::checkpoint::LoadError;
+use gaze_nn::{argmax, parse_device};
+use gaze_vit::{VisionTransformer, VitConfig, classification_metrics, classify_files, load_pretrained};
 use serde::Serialize;
 
 use crate::progress::bar;
@@ -32,10 +32,24 @@ struct ModelArgs {
     device: String,
 }
 
+/// [`load_pretrained`], with the advice a command-line user needs when the file does not fit.
+pub fn load_classifier(
+    weights: &Path,
+    model: Option<&str>,
+    device: &Device,
+) -> Result<(VisionTransformer, VitConfig)> {
+    load_pretrained(weights, model, device).map_err(|e| match e {
+        LoadError::Mismatch { .. } => {
+            anyhow::anyhow!("{e}. Pick the matching --model, or a checkpoint of this model")
+        }
+        other => other.into(),
+    })
+}
+
 impl ModelArgs {
     fn load(&self) -> Result<(VisionTransformer, VitConfig, Device)> {
         let device = parse_device(&self.device)?;
-        let (model, config) = load_pretrained(&self.weights, self.model.as_deref(), &device)?;
+        let (model, config) = load_classifier(&self.weights, self.model.as_deref(), &device)?;
         Ok((model, config, device))
     }
 

@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use gaze_data::{collect_images, ensure_readable, load_rgb, write_atomic, write_npy_f32};
-use gaze_vit::{explain, load_pretrained, parse_device};
+use gaze_nn::parse_device;
+use gaze_vit::explain;
+
+use crate::classify::load_classifier;
+use gaze_records::AttentionRecord;
 use gaze_viz::analysis::{ClsMaps, HeadFusion, cls_maps, cosine_similarity_matrix};
 use gaze_viz::figures::{Region, attention_figure, posembed_figure};
 use gaze_viz::{Colormap, save_png};
@@ -54,7 +58,7 @@ pub fn posembed(args: PosembedArgs) -> Result<()> {
         check_writable_parent(npy)?;
     }
     let device = parse_device("auto")?;
-    let (model, config) = load_pretrained(&args.weights, args.model.as_deref(), &device)?;
+    let (model, config) = load_classifier(&args.weights, args.model.as_deref(), &device)?;
     let (rows, dim) = model.patch_pos_embed();
     let similarity = cosine_similarity_matrix(&rows, dim);
     let [gh, gw] = config.grid();
@@ -117,15 +121,6 @@ pub struct AttentionArgs {
     device: String,
 }
 
-#[derive(Serialize)]
-struct AttentionJson {
-    grid: [usize; 2],
-    cls_attention: Vec<f32>,
-    label: usize,
-    name: Option<String>,
-    probability: f32,
-}
-
 /// Writes `DIR/<stem>.png`, and `DIR/<stem>.json` when given, each atomically.
 pub fn write_figure(
     dir: &Path,
@@ -160,7 +155,7 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
     ensure_readable(&paths)?;
     let names = args.class_names.as_deref().map(read_class_names).transpose()?;
     let device = parse_device(&args.device)?;
-    let (model, config) = load_pretrained(&args.weights, args.model.as_deref(), &device)?;
+    let (model, config) = load_classifier(&args.weights, args.model.as_deref(), &device)?;
     if let Some(names) = &names
         && names.len() != config.num_classes
     {
@@ -195,12 +190,12 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
         let image = load_rgb(path)?;
         let seen = explain(&model, &config, &image, &device);
         let maps = cls_maps(&seen.attentions, seen.heads, seen.tokens, 1, which);
-        let label = gaze_vit::infer::argmax(&seen.probabilities);
+        let label = gaze_nn::argmax(&seen.probabilities);
         let probability = seen.probabilities[label];
         let name = names.as_ref().map(|n| n[label].clone());
         let title = format!(
             "{}: {} ({:.1} %)",
-            gaze_vit::infer::display_name(path),
+            gaze_data::display_name(path),
             name.clone().unwrap_or_else(|| format!("class {label}")),
             100.0 * probability
         );
@@ -226,7 +221,7 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let json = AttentionJson {
+        let json = AttentionRecord {
             grid: seen.grid,
             cls_attention: maps[0].1.clone(),
             label,

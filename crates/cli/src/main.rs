@@ -5,8 +5,10 @@
 mod allocator;
 mod caption;
 mod classify;
+mod compare;
 mod figures;
 mod progress;
+mod synth;
 mod train;
 
 use std::process::ExitCode;
@@ -29,8 +31,8 @@ enum Command {
     Posembed(figures::PosembedArgs),
     Attention(figures::AttentionArgs),
     Train(train::TrainArgs),
-    Synth(train::SynthArgs),
-    Compare(train::CompareArgs),
+    Synth(synth::SynthArgs),
+    Compare(compare::CompareArgs),
     Caption(caption::CaptionArgs),
     CaptionTrain(train::CaptionTrainArgs),
 }
@@ -44,8 +46,8 @@ fn main() -> ExitCode {
         Command::Posembed(args) => figures::posembed(args),
         Command::Attention(args) => figures::attention(args),
         Command::Train(args) => train::run_train(args),
-        Command::Synth(args) => train::run_synth(args),
-        Command::Compare(args) => train::run_compare(args),
+        Command::Synth(args) => synth::run_synth(args),
+        Command::Compare(args) => compare::run_compare(args),
         Command::Caption(args) => caption::caption(args),
         Command::CaptionTrain(args) => train::run_caption_train(args),
     };

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use common::*;
 use gaze_caption::{CatrConfig, checkpoint_key};
-use gaze_vit::checkpoint::state_dict_shapes;
+use gaze_nn::checkpoint::state_dict_shapes;
 
 fn catr_fixtures() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../caption/tests/fixtures")

@@ -46,7 +46,7 @@ fn full_size_vit_small_matches_timm_on_png_and_jpeg() {
             eprintln!("{filename}: max abs logit diff vs timm {diff:e}");
             assert!(diff < tolerance, "{filename}: logits differ from timm by {diff}");
             if ext == "png" {
-                let timm_label = gaze_vit::infer::argmax(&want);
+                let timm_label = gaze_nn::argmax(&want);
                 assert_eq!(*label, timm_label, "{filename}");
             }
             rows.push(format!("{filename},{label}"));

@@ -13,6 +13,13 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// Expands files and folders (one level, image extensions only) into a sorted list of
+/// The file name shown in outputs (the course's CSV uses bare names).
+pub fn display_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
 /// image paths. A missing path or a folder without images is an error.
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     let mut images = Vec::new();

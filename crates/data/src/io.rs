@@ -1,11 +1,20 @@
 //! Output files appear whole or not at all.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to a temporary sibling of `path`, syncs it, then renames it into place,
-/// so a crash or error never leaves a half-written `path` behind.
+/// Writes `bytes` to `path` through [`write_atomic_with`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |tmp| std::fs::File::create(tmp)?.write_all(bytes))
+}
+
+/// Has `write` create a temporary sibling of `path`, syncs it, then renames it into place, so
+/// a crash or error never leaves a half-written `path` behind (burn's stores, for one, write
+/// where they are told). The temporary file is removed on error.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -18,15 +27,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })?;
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        write(&tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Replaces the folder `dir` with one that `fill` writes, so that a reader finds either the
+/// old folder or the new one whole: `fill` writes `dir.tmp`, then `dir` becomes `dir.old`,
+/// `dir.tmp` becomes `dir`, and `dir.old` is removed. [`replaced_dir`] finds the result
+/// after a kill between the renames.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+    let [tmp, old] = siblings(dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    fill(&tmp)?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&tmp, dir)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The folder that [`replace_dir`] last completed for `dir`, recognised by its file `marker`:
+/// `dir`, or `dir.old` when a kill came between the two renames; `None` if neither has it.
+pub fn replaced_dir(dir: &Path, marker: &str) -> Option<PathBuf> {
+    let [_, old] = siblings(dir);
+    [dir.to_path_buf(), old]
+        .into_iter()
+        .find(|d| d.join(marker).exists())
+}
+
+/// `dir.tmp` and `dir.old`.
+fn siblings(dir: &Path) -> [PathBuf; 2] {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    [
+        dir.with_file_name(format!("{name}.tmp")),
+        dir.with_file_name(format!("{name}.old")),
+    ]
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 //! * [`synth`] writes a synthetic classification set in the same layout; [`scenes`] a
 //!   synthetic captioning set.
 //! * [`dataset`] lists images and parses the course's `{label}_{id}.jpg` file names.
+//! * [`boxes`] measures attention against the synthetic sets' object boxes.
 //! * [`io`] writes output files atomically.
 
 pub mod augment;
+pub mod boxes;
 pub mod dataset;
 pub mod decode;
 pub mod error;
@@ -22,11 +24,11 @@ pub mod synth;
 pub mod transform;
 
 pub use dataset::{
-    LabeledImage, collect_images, ensure_readable, find_unreadable, labeled_images, parse_label,
+    LabeledImage, collect_images, display_name, ensure_readable, find_unreadable, labeled_images, parse_label,
 };
 pub use decode::load_rgb;
 pub use error::DataError;
 /// The `image` crate, re-exported so users of gaze share its `RgbImage`.
 pub use image;
-pub use io::{read_npy_f32, write_atomic, write_npy_f32};
+pub use io::{read_npy_f32, replace_dir, replaced_dir, write_atomic, write_atomic_with, write_npy_f32};
 pub use transform::{EvalTransform, Interpolation};

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use image::RgbImage;
-use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
 use crate::synth::{COLOURS, SHAPES, background, paint_shape};
@@ -31,22 +30,7 @@ pub const WORDS: [&str; 11] = [
     "a", "red", "green", "blue", "yellow", "circle", "square", "triangle", "left", "of", "above",
 ];
 
-/// One object of a scene.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SceneObject {
-    pub colour: String,
-    pub shape: String,
-    /// `[x0, y0, x1, y1]` in pixels, end exclusive.
-    #[serde(rename = "box")]
-    pub bbox: [u32; 4],
-}
-
-/// One image of the set: its caption and objects in caption order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SceneRecord {
-    pub caption: String,
-    pub objects: Vec<SceneObject>,
-}
+pub use gaze_records::{SceneObject, SceneRecord};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]

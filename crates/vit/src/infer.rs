@@ -1,7 +1,7 @@
 //! Classifying image files in batches: decode and preprocess in parallel, then one forward
 //! per batch.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use gaze_data::{DataError, EvalTransform, load_rgb};
@@ -51,34 +51,4 @@ pub fn classify_files(
         progress(chunk.len());
     }
     Ok(logits)
-}
-
-/// Index of the largest value (first on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
-        )
-        .0
-}
-
-/// The file name shown in outputs (the course's CSV uses bare names).
-pub fn display_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn argmax_takes_first_maximum() {
-        assert_eq!(argmax(&[0.1, 3.0, 3.0, -1.0]), 1);
-        assert_eq!(argmax(&[-5.0]), 0);
-    }
 }

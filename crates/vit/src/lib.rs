@@ -13,18 +13,15 @@
 
 pub mod checkpoint;
 mod config;
-mod device;
 pub mod explain;
 pub mod infer;
-pub mod kernels;
 pub mod metrics;
 mod model;
 mod pos_embed;
 pub mod train;
 
-pub use checkpoint::{Checkpoint, HeadInit, LoadError, load_pretrained, load_vit, save_vit};
+pub use checkpoint::{HeadInit, head_classes, load_pretrained, load_vit, save_vit, stored_vit_config};
 pub use config::{PRESETS, VitConfig};
-pub use device::{DeviceError, available_devices, parse_device};
 pub use explain::{Explanation, explain};
 pub use infer::classify_files;
 pub use metrics::{ClassificationMetrics, classification_metrics};

@@ -1,20 +1,7 @@
 //! Classification metrics from logits and true labels.
 
-use serde::Serialize;
-
-use crate::infer::argmax;
-
-/// Top-1/top-5 accuracy, per-class accuracy and the confusion matrix.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ClassificationMetrics {
-    pub images: usize,
-    pub top1: f64,
-    pub top5: f64,
-    /// Accuracy of each true class; `None` for classes with no images.
-    pub per_class: Vec<Option<f64>>,
-    /// `confusion[true][predicted]` counts.
-    pub confusion: Vec<Vec<usize>>,
-}
+use gaze_nn::argmax;
+pub use gaze_records::ClassificationMetrics;
 
 /// Metrics over `logits[i]` (one row per image) against `labels[i]`.
 pub fn classification_metrics(

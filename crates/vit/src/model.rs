@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
-use crate::kernels::{attention, gelu, layer_norm, linear, merge_heads, patch_embed, split_heads};
+use gaze_nn::ops::{attention, gelu, layer_norm, linear, merge_heads, patch_embed, split_heads};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
 fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -232,7 +232,7 @@ impl VisionTransformer {
     ///
     /// The last block runs for the class token only ([`Block::forward_class_token`]), the one
     /// row the classifier reads: timm computes every token's and drops the rest, so the logits
-    /// are timm's with 6 % less arithmetic for ViT-S (12 blocks), forward and backward.
+    /// are timm's with less arithmetic, forward and backward.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let tokens = self.embed(images);
         let Some((last, blocks)) = self.blocks.split_last() else {

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use gaze_vit::train::{
-    Decay, OptimSection, OptimizerKind, Quiet, RunOptions, ScheduleSection, TrainConfig, build_optimizer,
-    cross_entropy, learning_rate, train,
+use gaze_train::{
+    Decay, OptimSection, OptimizerKind, Quiet, RunOptions, ScheduleSection, build_optimizer, learning_rate,
 };
+use gaze_vit::train::{TrainConfig, cross_entropy, train};
 use gaze_vit::{HeadInit, VisionTransformer, VitConfig, load_vit};
 use safetensors::SafeTensors;
 
@@ -241,8 +241,8 @@ fn short_run_learns_writes_its_files_and_resumes_exactly() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(whole.join("summary.json")).unwrap()).unwrap();
     assert_eq!(json["best_val_accuracy"].as_f64().unwrap(), best);
-    let saved = gaze_vit::Checkpoint::open(&whole.join("best.safetensors")).unwrap();
-    assert_eq!(saved.num_classes(), Some(3));
+    let saved = gaze_nn::checkpoint::Checkpoint::open(&whole.join("best.safetensors")).unwrap();
+    assert_eq!(gaze_vit::head_classes(&saved), Some(3));
     assert!(TrainConfig::load(&whole.join("config.toml"), &[]).unwrap() == config);
 
     // Stop mid-epoch (after 3 optimizer steps: a checkpoint at step 2 and one at the stop),

@@ -4,7 +4,8 @@ use gaze_data::resize::resize_plane_bicubic;
 use image::{Rgb, RgbImage};
 
 use crate::Colormap;
-use crate::canvas::{BLACK, WHITE, blend, colorbar, colorbar_width, fill_rect, paste, stroke_rect};
+use crate::canvas::{BLACK, WHITE, blend, fill_rect, paste, stroke_rect};
+use crate::colorbar::{colorbar, colorbar_width};
 use crate::text::{draw_text, draw_text_centered, text_size};
 
 const TITLE_PX: f32 = 22.0;
@@ -445,7 +446,7 @@ pub fn line_chart(
         fill_rect(&mut canvas, px, bottom as i32, 1, 5, BLACK);
         draw_text_centered(
             &mut canvas,
-            &crate::canvas::tick_label(xv as f32),
+            &crate::colorbar::tick_label(xv as f32),
             px,
             bottom as i32 + 8,
             TICK_PX,
@@ -455,7 +456,7 @@ pub fn line_chart(
     for yv in y_ticks {
         let py = sy(yv) as i32;
         fill_rect(&mut canvas, left as i32 - 5, py, 5, 1, BLACK);
-        let label = crate::canvas::tick_label(yv as f32);
+        let label = crate::colorbar::tick_label(yv as f32);
         let (tw, th) = text_size(&label, TICK_PX);
         draw_text(
             &mut canvas,

@@ -6,10 +6,12 @@
 //!   2020).
 //! * [`figures`]: the finished figures — a grid of similarity maps with a shared colorbar,
 //!   and attention laid over the image.
-//! * [`canvas`], [`colormap`], [`text`]: the small drawing toolkit they are made with.
+//! * [`canvas`], [`colorbar`], [`colormap`], [`text`]: the small drawing toolkit they are made
+//!   with.
 
 pub mod analysis;
 pub mod canvas;
+pub mod colorbar;
 pub mod colormap;
 pub mod figures;
 pub mod text;

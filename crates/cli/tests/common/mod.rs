@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::tensor::Device;
+use gaze_nn::checkpoint::state_dict_shapes;
 use gaze_vit::VitConfig;
-use gaze_vit::checkpoint::state_dict_shapes;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 pub const FULL_SIZE: [&str; 4] = ["rgb_500x375", "rgb_375x500", "rgb_384x384", "rgb_640x427"];

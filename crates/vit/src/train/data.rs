@@ -1,4 +1,4 @@
-//! Training data: the start-up scan, epoch order, and augmented batches.
+//! Training data: the start-up scan and augmented batches.
 
 use std::path::Path;
 
@@ -80,13 +80,6 @@ pub(super) fn worker_pool(workers: usize) -> rayon::ThreadPool {
         .thread_name(|i| format!("gaze-data-{i}"))
         .build()
         .expect("worker threads start")
-}
-
-/// Image order of `epoch`: a permutation that depends only on the seed and the epoch.
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    Rng::derive(seed, &[0x5EED, epoch as u64]).shuffle(&mut order);
-    order
 }
 
 /// Decodes and augments `indices` of `images` in parallel; every image's randomness comes

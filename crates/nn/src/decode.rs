@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::{dot, softmax_row};
+use crate::simd::{dot, multiversion, softmax_row};
 
 /// Below this many weights (64 KB) one thread does the whole product: handing out parts
 /// costs more than it saves.
@@ -178,7 +178,7 @@ impl<'w> Team<'w> {
 /// both sums' rounding, `γ = n·2⁻²⁴`, and the bias's), so every column whose bf16 logit plus
 /// `e_j` reaches the best bf16 logit minus its `e` is recomputed in f32, and the argmax of
 /// those is the argmax of all f32 logits, ties to the lowest index as
-/// [`crate::infer::argmax`]. Past [`ArgmaxHead::MAX_RECHECKS`] close calls it computes all
+/// [`crate::argmax`]. Past [`ArgmaxHead::MAX_RECHECKS`] close calls it computes all
 /// logits in f32 instead.
 pub struct ArgmaxHead {
     weight: Vec<f32>,
@@ -235,7 +235,7 @@ impl ArgmaxHead {
             .take(Self::MAX_RECHECKS + 1)
             .collect();
         if close.len() > Self::MAX_RECHECKS {
-            return crate::infer::argmax(&self.logits(team, x));
+            return crate::argmax(&self.logits(team, x));
         }
         let mut best = (0, f32::NEG_INFINITY);
         for j in close {
@@ -352,13 +352,31 @@ multiversion! {
     }
 }
 
+/// Index of the largest value (first on ties).
+pub fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+        )
+        .0
+}
+
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
     use burn::tensor::ops::AttentionModuleOptions;
     use burn::tensor::{Distribution, Tensor, TensorData, Tolerance, activation, module};
 
-    use crate::kernels::tests::flex;
+    use crate::testing::flex;
+
+    #[test]
+    fn argmax_takes_first_maximum() {
+        assert_eq!(argmax(&[0.1, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(argmax(&[-5.0]), 0);
+    }
 
     #[test]
     fn vec_mat_equals_the_linear_layer() {
@@ -455,7 +473,7 @@ mod tests {
                     x[0] = x[0].abs().max(1.0);
                 }
                 let logits = head.logits(team, &x);
-                let want = crate::infer::argmax(&logits);
+                let want = crate::argmax(&logits);
                 trials_won_by_the_tie += usize::from(want == 7);
                 assert_eq!(head.argmax(team, &x), want, "trial {trial}");
             }
@@ -474,7 +492,7 @@ mod tests {
         let head = ArgmaxHead::new(weight, bias);
         let x = [1.0, -2.0, 0.5, 3.0, 0.25, -1.0, 2.0, 0.75];
         with_team(|team| {
-            let want = crate::infer::argmax(&head.logits(team, &x));
+            let want = crate::argmax(&head.logits(team, &x));
             assert_eq!(want, d_out - 1, "the largest bias wins in f32");
             assert_eq!(head.argmax(team, &x), want);
         });

@@ -4,9 +4,7 @@
 //! activations, so nothing else is packed).
 //!
 //! `gemm` 0.19, which the other kernels call, packs both operands again in every row-block
-//! task (sixteen times per layer at batch 8). On the ViT-S layer shapes, 288-row blocks with
-//! both cores busy, it did 75-88 GFLOP/s per core against 85-93 for this kernel in the same
-//! runs (`docs/benchmarks.md`). The panels are packed before the row blocks start (over the
+//! task (sixteen times per layer at batch 8); this kernel packs the weight once. The panels are packed before the row blocks start (over the
 //! cores when large, and kept between inference calls by the caller). Each task walks its
 //! rows in tiles of [`ROW_TILE`], so the rows it broadcasts stay in its L2 cache while a
 //! panel (at most [`DEPTH`] deep, 24 KiB) stays in L1.
@@ -31,7 +29,7 @@ const SERIAL: usize = 1 << 16;
 /// A `[k, n]` right-hand matrix in panels of 16 columns, `n` padded with zeros to a multiple
 /// of 16: for each block of up to [`DEPTH`] rows, for each panel, its rows of 16 contiguous
 /// values.
-pub(super) struct Panels {
+pub(crate) struct Panels {
     values: Vec<f32>,
     k: usize,
     n: usize,
@@ -51,7 +49,7 @@ impl Panels {
     /// `rhs` `[k, n]`, given with its (column, row) strides in elements, packed; `None` where
     /// `gemm` is the better path ([`preferred`]: the CPU lacks AVX2 or FMA, is not x86-64, or
     /// has AVX-512).
-    pub(super) fn pack(rhs: (&[f32], usize, usize), shape: [usize; 2]) -> Option<Self> {
+    pub(crate) fn pack(rhs: (&[f32], usize, usize), shape: [usize; 2]) -> Option<Self> {
         if !preferred() {
             return None;
         }
@@ -60,7 +58,7 @@ impl Panels {
 
     /// [`Self::pack`] wherever the CPU runs the micro-kernel ([`supported`]), preferred or not.
     /// Matrices of more than [`SERIAL`] values are packed over the cores.
-    pub(super) fn pack_here((rhs, cs, rs): (&[f32], usize, usize), [k, n]: [usize; 2]) -> Option<Self> {
+    pub(crate) fn pack_here((rhs, cs, rs): (&[f32], usize, usize), [k, n]: [usize; 2]) -> Option<Self> {
         if !supported() || k == 0 || n == 0 {
             return None;
         }
@@ -116,14 +114,14 @@ impl Panels {
     }
 
     /// Values held, padding included.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.values.len()
     }
 
     /// `dst [m, n] = lhs [m, k] · self + bias` (or without the bias), `lhs` and `dst`
     /// row-major and dense, on this thread. Every element of `dst` is written; it may start
     /// uninitialised.
-    pub(super) fn product<'a>(
+    pub(crate) fn product<'a>(
         &self,
         dst: &'a mut [MaybeUninit<f32>],
         lhs: &[f32],
@@ -209,8 +207,8 @@ fn supported() -> bool {
 }
 
 /// Whether the micro-kernel is faster here than `gemm`: on a CPU with AVX-512, `gemm` runs
-/// its own 512-bit kernels (burn's `x86-v4` feature), twice as fast as this AVX2 kernel and as
-/// fast as or faster than a 12 x 32 AVX-512 version of it (`docs/benchmarks.md`, item 11).
+/// its own 512-bit kernels (burn's `x86-v4` feature), faster than this AVX2 kernel and at
+/// least as fast as an AVX-512 version of it (`docs/optimization-log.md`, item 11).
 fn preferred() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -1,4 +1,4 @@
-//! [`super::attention`] on the `tch` backend's CPU device, as PyTorch runs it: libtorch's
+//! [`super::attention::attention`] on the `tch` backend's CPU device, as PyTorch runs it: libtorch's
 //! flash attention for the CPU forward, and its backward under autodiff.
 //!
 //! Without it burn differentiates attention through its composite fallback: the scores, a
@@ -17,8 +17,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, LibTorch, backend_extension};
 use burn::tensor::{DType, Device, Tensor};
 
-/// Whether [`super::attention`] can take libtorch's CPU flash attention for `qkv`.
-pub fn admits(qkv: &Tensor<3>) -> bool {
+/// Whether [`super::attention::attention`] can take libtorch's CPU flash attention for `qkv`.
+pub fn takes_flash_attention(qkv: &Tensor<3>) -> bool {
     qkv.dtype() == DType::F32 && qkv.device().inner() == Device::libtorch() && qkv.shape().num_elements() > 0
 }
 
@@ -152,7 +152,7 @@ impl Backward<LibTorch, 1> for FlashAttentionBackward {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{attention, burns_attention};
+    use crate::ops::attention::{attention, burns_attention};
     use burn::tensor::{Distribution, Tensor, Tolerance};
 
     #[test]
@@ -163,7 +163,7 @@ mod tests {
         let weights = Tensor::<3>::random([2, 11, dim], Distribution::Normal(0.0, 1.0), &device);
         let run = |fast: bool| {
             let qkv = input.clone().detach().require_grad();
-            assert!(super::admits(&qkv));
+            assert!(super::takes_flash_attention(&qkv));
             let out = if fast {
                 attention(qkv.clone(), heads)
             } else {
@@ -180,7 +180,7 @@ mod tests {
             .assert_approx_eq::<f32>(&want_grad.into_data(), Tolerance::absolute(1e-5));
         // Outside autodiff (inference) the `LibTorch` implementation runs.
         let plain = input.inner();
-        assert!(super::admits(&plain) && !plain.is_autodiff());
+        assert!(super::takes_flash_attention(&plain) && !plain.is_autodiff());
         attention(plain, heads)
             .into_data()
             .assert_approx_eq::<f32>(&want_out.into_data(), Tolerance::absolute(1e-5));

@@ -10,7 +10,7 @@
 use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::axpby;
+use gaze_nn::ops::axpby;
 
 /// `torch.optim.SGD(params, lr, momentum, dampening=0, weight_decay, nesterov)`.
 #[derive(Clone, Debug)]

@@ -1,0 +1,271 @@
+//! What a checkpoint holds, read without loading its tensors: `.safetensors` files and
+//! PyTorch `.pth` files (zip or legacy pickle; a bare state dict or one under `state_dict`
+//! / `model`). Models check every name and shape against what they expect before loading.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::store::{ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+
+/// Why a checkpoint could not become a model. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path}: does not fit {model}: {details}")]
+    Mismatch {
+        path: PathBuf,
+        model: String,
+        details: String,
+    },
+    #[error("{path}: could not write: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// On-disk container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    Safetensors,
+    /// `torch.save` output; the state dict may sit under a top-level key.
+    Pytorch {
+        top_level_key: Option<String>,
+    },
+}
+
+/// What a checkpoint holds, read without loading the tensor data.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub format: Format,
+    /// Tensor names (timm keys, any top-level key stripped) and shapes.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    /// A safetensors file's `__metadata__` (empty for PyTorch files); models keep their
+    /// architecture there.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What to do with the classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadInit {
+    /// Keep the checkpoint's head; the class count comes from the file.
+    FromCheckpoint,
+    /// Ignore the checkpoint's head and start a new one (fine-tuning on another label set).
+    Fresh { num_classes: usize },
+}
+
+impl Checkpoint {
+    /// Reads the names and shapes in `path`.
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let read_err = |message: String| LoadError::Read {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut magic = [0u8; 9];
+        let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+        let got = file.read(&mut magic).map_err(|e| read_err(e.to_string()))?;
+        if got == 9 && magic[8] == b'{' {
+            return Self::open_safetensors(path, file, u64::from_le_bytes(magic[..8].try_into().unwrap()));
+        }
+        let reader = burn::store::pytorch_reader::PytorchReader::new(path).map_err(|e| {
+            read_err(format!(
+                "neither a safetensors file nor a PyTorch checkpoint ({e}); expected timm weights saved with safetensors or torch.save"
+            ))
+        })?;
+        let mut shapes: BTreeMap<String, Vec<usize>> = reader
+            .tensors()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+            .collect();
+        // Training checkpoints keep the weights under `state_dict` or `model` beside other
+        // entries (optimizer state, epoch); only the weights are read.
+        let mut top_level_key = None;
+        for key in ["state_dict", "model"] {
+            let prefix = format!("{key}.");
+            if shapes.keys().any(|k| k.starts_with(&prefix)) {
+                shapes = shapes
+                    .into_iter()
+                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v)))
+                    .collect();
+                top_level_key = Some(key.to_string());
+                break;
+            }
+        }
+        if shapes.is_empty() {
+            return Err(read_err("holds no tensors".into()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            format: Format::Pytorch { top_level_key },
+            shapes,
+            metadata: BTreeMap::new(),
+        })
+    }
+
+    fn open_safetensors(path: &Path, mut file: std::fs::File, header_len: u64) -> Result<Self, LoadError> {
+        let read_err = |message: String| LoadError::Read {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file_len = file.metadata().map_err(|e| read_err(e.to_string()))?.len();
+        if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+            return Err(read_err(
+                "safetensors header is longer than the file (truncated?)".into(),
+            ));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(8))
+            .and_then(|_| file.read_exact(&mut header))
+            .map_err(|e| read_err(e.to_string()))?;
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            shape: Vec<usize>,
+        }
+        let mut json: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
+        let metadata: BTreeMap<String, String> = json
+            .remove("__metadata__")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| read_err(format!("bad safetensors metadata: {e}")))?
+            .unwrap_or_default();
+        let shapes = json
+            .into_iter()
+            .map(|(k, v)| serde_json::from_value::<Entry>(v).map(|e| (k, e.shape)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            format: Format::Safetensors,
+            shapes,
+            metadata,
+        })
+    }
+
+    /// Compares with the tensors a model expects (names and PyTorch shapes, e.g. from
+    /// [`state_dict_shapes`]); `None` when they agree, else a one-line list of what is
+    /// missing, unexpected or wrongly shaped. With `ignore_head`, `head.*` is not compared.
+    pub fn mismatch(&self, expected: &BTreeMap<String, Vec<usize>>, ignore_head: bool) -> Option<String> {
+        let skip = |k: &str| ignore_head && k.starts_with("head.");
+        let missing: Vec<_> = expected
+            .keys()
+            .filter(|k| !skip(k) && !self.shapes.contains_key(*k))
+            .collect();
+        let unexpected: Vec<_> = self
+            .shapes
+            .keys()
+            .filter(|k| !skip(k) && !expected.contains_key(*k))
+            .collect();
+        let wrong: Vec<_> = expected
+            .iter()
+            .filter(|(k, _)| !skip(k))
+            .filter_map(|(k, want)| {
+                let have = self.shapes.get(k)?;
+                (have != want).then(|| format!("{k} is {have:?}, expected {want:?}"))
+            })
+            .collect();
+        let mut parts = Vec::new();
+        let list = |v: &[&String]| {
+            let shown: Vec<_> = v.iter().take(6).map(|s| s.as_str()).collect();
+            let more = if v.len() > 6 {
+                format!(" and {} more", v.len() - 6)
+            } else {
+                String::new()
+            };
+            format!("{}{more}", shown.join(", "))
+        };
+        if !missing.is_empty() {
+            parts.push(format!("{} missing ({})", missing.len(), list(&missing)));
+        }
+        if !unexpected.is_empty() {
+            parts.push(format!("{} unexpected ({})", unexpected.len(), list(&unexpected)));
+        }
+        if !wrong.is_empty() {
+            let shown: Vec<_> = wrong.iter().take(4).cloned().collect();
+            let more = if wrong.len() > 4 {
+                format!(" and {} more", wrong.len() - 4)
+            } else {
+                String::new()
+            };
+            parts.push(format!(
+                "{} wrongly shaped ({}{more})",
+                wrong.len(),
+                shown.join("; ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Tensor names and shapes of `model` as PyTorch/timm would list them.
+pub fn state_dict_shapes<M: ModuleSnapshot>(model: &M) -> BTreeMap<String, Vec<usize>> {
+    model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|t| (t.name, t.shape.to_vec()))
+        .collect()
+}
+
+/// Stores an item's typed metadata (a model's architecture, say) as JSON under `key`, and
+/// reads it back from [`Checkpoint::metadata`].
+pub fn read_metadata<T: serde::de::DeserializeOwned>(
+    checkpoint: &Checkpoint,
+    key: &str,
+) -> Result<Option<T>, LoadError> {
+    checkpoint
+        .metadata
+        .get(key)
+        .map(|json| serde_json::from_str(json))
+        .transpose()
+        .map_err(|e| LoadError::Read {
+            path: checkpoint.path.clone(),
+            message: format!("bad {key} metadata: {e}"),
+        })
+}
+
+/// What a load left undone: `result`'s errors and the missing tensors that `expected` says
+/// should have loaded, as one line; `None` when everything loaded.
+pub fn unapplied(result: &ApplyResult, expected: impl Fn(&str) -> bool) -> Option<String> {
+    let missing: Vec<&str> = result
+        .missing
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| expected(p))
+        .collect();
+    if result.errors.is_empty() && missing.is_empty() {
+        return None;
+    }
+    let errors: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+    Some(
+        format!("{} {}", errors.join("; "), missing.join(", "))
+            .trim()
+            .to_string(),
+    )
+}
+
+/// Writes `module` as `.safetensors` in PyTorch's layout (`[out, in]` linear weights, norm
+/// weights as `weight`/`bias`), under `key` in the metadata `json` (a model's architecture,
+/// say), module paths respelled by the `(pattern, replacement)` `remappings`. The file
+/// appears whole or not at all ([`gaze_data::write_atomic_with`]).
+pub fn save_safetensors<M: ModuleSnapshot>(
+    module: &M,
+    path: &Path,
+    (key, json): (&str, String),
+    remappings: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), LoadError> {
+    gaze_data::write_atomic_with(path, |tmp| {
+        let mut store = SafetensorsStore::from_file(tmp)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .metadata(key, json)
+            .overwrite(true);
+        for (from, to) in remappings {
+            store = store.with_key_remapping(&from, &to);
+        }
+        module.save_into(&mut store).map_err(std::io::Error::other)
+    })
+    .map_err(|e| LoadError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,31 @@
+//! The burn building blocks that gaze's models share.
+//!
+//! * [`device`]: the backends compiled into this build (cargo features `flex`, `ndarray`,
+//!   `tch`, `cuda`, `wgpu`) and parsing a device name.
+//! * [`ops`]: the operations a transformer spends its time in (GELU, attention, the linear
+//!   layer, layer norm, patch embedding, convolution with a frozen batch norm, the optimiser's
+//!   `a x + b y`). Each is a function that takes burn modules and tensors, runs a fast CPU
+//!   kernel with its own backward pass where it applies, and burn's own operations
+//!   elsewhere.
+//! * [`decode`]: kernels that feed one row at a time through small layers on plain slices,
+//!   for greedy decoding.
+//! * [`checkpoint`]: what a `.safetensors` or PyTorch file holds, read without its data, and
+//!   the comparison with what a model expects.
+
+pub mod checkpoint;
+pub mod decode;
+pub mod device;
+pub mod ops;
+
+#[cfg(feature = "flex")]
+mod flex;
+#[cfg(feature = "flex")]
+mod gemm;
+#[cfg(feature = "flex")]
+mod panels;
+mod simd;
+#[cfg(all(test, feature = "flex"))]
+mod testing;
+
+pub use decode::argmax;
+pub use device::{DeviceError, available_devices, parse_device};

@@ -1,0 +1,376 @@
+//! Multi-head self-attention from a fused `qkv` projection, without a mask.
+
+use burn::tensor::Tensor;
+use burn::tensor::module;
+use burn::tensor::ops::AttentionModuleOptions;
+
+/// Queries, keys and values `[batch, heads, tokens, head_dim]` from timm's fused projection
+/// `qkv` `[batch, tokens, 3 * dim]`: its output columns are `s * dim + h * head_dim + d` for
+/// `s` in (q, k, v), so a chunk per `s` then a head split reproduces timm's
+/// `reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)`.
+pub fn split_heads(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+    let [batch, tokens, width] = qkv.dims();
+    let head_dim = width / 3 / heads;
+    let split = |t: Tensor<3>| -> Tensor<4> { t.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2) };
+    let mut qkv = qkv.chunk(3, 2).into_iter().map(split);
+    [qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap()]
+}
+
+/// `[batch, heads, tokens, head_dim]` back to `[batch, tokens, heads * head_dim]`.
+pub fn merge_heads(context: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, tokens, head_dim] = context.dims();
+    context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim])
+}
+
+/// Self-attention without a mask from a fused projection: `qkv` `[batch, tokens, 3 * dim]`
+/// ([`split_heads`]' layout) to `softmax(q kᵀ / sqrt(head_dim)) v` with the heads merged,
+/// `[batch, tokens, dim]`. On `flex` the kernel reads each head where it lies in `qkv` and
+/// writes it where it lies in the output: `flex` copies a non-contiguous tensor on every
+/// reshape, so the head split and merge were two copies of the activations per block (and
+/// under autodiff their backward two more, plus a zero-filled gradient per chunk).
+pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if crate::flex::on_flex(&qkv) && qkv.shape().num_elements() > 0 {
+        use burn::backend::Dispatch;
+        return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(
+            qkv.into_dispatch(),
+            heads,
+        ));
+    }
+    #[cfg(feature = "tch")]
+    if super::attention_tch::takes_flash_attention(&qkv) {
+        use burn::backend::Dispatch;
+        return Tensor::from_dispatch(
+            <Dispatch as super::attention_tch::FlashAttention>::flash_attention(qkv.into_dispatch(), heads),
+        );
+    }
+    burns_attention(qkv, heads)
+}
+
+/// burn's own attention on the fused projection, through the head split and merge: what
+/// [`attention`] runs off its fast paths, and what the tests hold those paths to.
+fn burns_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [q, k, v] = split_heads(qkv, heads);
+    merge_heads(module::attention(
+        q,
+        k,
+        v,
+        None,
+        None,
+        AttentionModuleOptions::default(),
+    ))
+}
+
+#[cfg(feature = "flex")]
+pub(crate) mod flex {
+
+    use crate::flex::*;
+    use crate::gemm::*;
+    use crate::simd::*;
+
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::tensor::FloatTensor;
+    use burn::backend::{Autodiff, Backend, Flex, backend_extension};
+    use burn::tensor::TensorData;
+    use rayon::prelude::*;
+
+    use std::mem::MaybeUninit;
+    use std::sync::Arc;
+
+    /// Attention as a backend extension: `Flex` runs [`attention_forward`], `Autodiff<Flex>`
+    /// keeps the probabilities for [`AttentionBackward`].
+    #[backend_extension(Flex, Autodiff)]
+    pub trait SdpAttention: Backend {
+        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+    }
+
+    impl SdpAttention for Flex {
+        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+            let inputs = AttentionInputs::new(qkv, heads);
+            let (out, _) = attention_forward(&inputs, false);
+            inputs.merged(out)
+        }
+    }
+
+    impl<C: CheckpointStrategy> SdpAttention for Autodiff<Flex, C> {
+        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+            let nodes = [qkv.node()];
+            let inputs = AttentionInputs::new(qkv.into_primitive(), heads);
+            match AttentionBackward.prepare::<C>(nodes).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let (out, probabilities) = attention_forward(&inputs, true);
+                    let out = inputs.merged(out);
+                    prep.finish((Arc::new(inputs), Arc::new(probabilities)), out)
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (out, _) = attention_forward(&inputs, false);
+                    prep.finish(inputs.merged(out))
+                }
+            }
+        }
+    }
+
+    /// The fused projection `[batch, tokens, 3 * dim]`, dense, and its geometry. A pair is
+    /// one (image, head); its queries, keys and values are `[tokens, head_dim]` matrices
+    /// with row stride `3 * dim`, and its context goes to a `[tokens, head_dim]` band of the
+    /// merged `[batch, tokens, dim]` output, row stride `dim`.
+    #[derive(Debug)]
+    pub struct AttentionInputs {
+        qkv: FloatTensor<Flex>,
+        batch: usize,
+        heads: usize,
+        tokens: usize,
+        head_dim: usize,
+    }
+
+    /// Which of the fused projection's three parts.
+    #[derive(Clone, Copy)]
+    enum Part {
+        Query = 0,
+        Key = 1,
+        Value = 2,
+    }
+
+    impl AttentionInputs {
+        fn new(qkv: FloatTensor<Flex>, heads: usize) -> Self {
+            let (qkv, dims) = dense(qkv);
+            let [batch, tokens, width] = dims[..] else {
+                panic!("attention takes a [batch, tokens, 3 * dim] projection, got {dims:?}")
+            };
+            assert!(
+                heads > 0 && width % (3 * heads) == 0,
+                "attention: {width} columns do not split into q, k, v of {heads} heads"
+            );
+            Self {
+                qkv,
+                batch,
+                heads,
+                tokens,
+                head_dim: width / 3 / heads,
+            }
+        }
+
+        fn dim(&self) -> usize {
+            self.heads * self.head_dim
+        }
+
+        fn scale(&self) -> f32 {
+            (self.head_dim as f32).powf(-0.5)
+        }
+
+        /// Offset of `pair`'s `[tokens, head_dim]` band in a `[batch, tokens, parts * dim]`
+        /// tensor, `part` being which of the `parts` column groups.
+        fn band(&self, pair: usize, part: usize, parts: usize) -> usize {
+            let (image, head) = (pair / self.heads, pair % self.heads);
+            image * self.tokens * parts * self.dim() + part * self.dim() + head * self.head_dim
+        }
+
+        /// One pair's part, from its first element on, with its (column, row) strides.
+        fn read(&self, pair: usize, part: Part) -> (&[f32], usize, usize) {
+            let start = self.band(pair, part as usize, 3);
+            (&self.qkv.storage::<f32>()[start..], 1, 3 * self.dim())
+        }
+
+        fn merged(&self, out: Vec<f32>) -> FloatTensor<Flex> {
+            FloatTensor::<Flex>::from_data(TensorData::new(out, [self.batch, self.tokens, self.dim()]))
+        }
+    }
+
+    /// A buffer that the tasks of one parallel loop write in disjoint bands, each band by a
+    /// GEMM that does not read it first (so the buffer may start uninitialised).
+    #[derive(Clone, Copy)]
+    struct DisjointBands(*mut f32, usize);
+
+    // SAFETY: every task writes only its own pair's bands ([`AttentionInputs::band`]).
+    unsafe impl Send for DisjointBands {}
+    unsafe impl Sync for DisjointBands {}
+
+    impl DisjointBands {
+        fn new(buffer: &mut [MaybeUninit<f32>]) -> Self {
+            Self(buffer.as_mut_ptr().cast(), buffer.len())
+        }
+
+        /// `dst = scale lhs · rhs` into the `[m, n]` band at `offset` with row stride `rs`.
+        ///
+        /// SAFETY: no other task may touch that band meanwhile.
+        unsafe fn matmul(
+            self,
+            (offset, rs): (usize, usize),
+            [m, n, k]: [usize; 3],
+            lhs: (&[f32], usize, usize),
+            rhs: (&[f32], usize, usize),
+            scale: f32,
+        ) {
+            assert!(offset + (m - 1) * rs + n <= self.1);
+            // SAFETY: in bounds by the assert; exclusive by the caller's promise.
+            unsafe {
+                gemm_raw(
+                    (self.0.add(offset), rs, false),
+                    [m, n, k],
+                    lhs,
+                    rhs,
+                    scale,
+                    gemm::Parallelism::None,
+                )
+            }
+        }
+    }
+
+    /// `softmax(scale q kᵀ) v` per pair, written into the merged `[batch, tokens, dim]`
+    /// output, pairs spread over the cores; with `keep`, also the probabilities
+    /// `[pairs, tokens, tokens]` (for the backward pass).
+    fn attention_forward(x: &AttentionInputs, keep: bool) -> (Vec<f32>, Vec<f32>) {
+        let (n, d) = (x.tokens, x.head_dim);
+        let pairs = x.batch * x.heads;
+        // Both buffers are first written by the tasks that fill them: zeroing them here was a
+        // serial pass over 64 MB per block (a ViT-S training step) while the other core idled.
+        let mut kept = Vec::new();
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            let bands = DisjointBands::new(out);
+            let one_pair = |pair: usize, scores: &mut [MaybeUninit<f32>]| {
+                let (q, q_cs, q_rs) = x.read(pair, Part::Query);
+                let (k, k_cs, k_rs) = x.read(pair, Part::Key);
+                let (v, v_cs, v_rs) = x.read(pair, Part::Value);
+                // scores = scale q kᵀ
+                let scores = matmul(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
+                softmax_rows(scores, n);
+                // out = scores v, into this pair's band of the merged output
+                // SAFETY: one task per pair, and pairs have disjoint bands.
+                unsafe {
+                    bands.matmul(
+                        (x.band(pair, 0, 1), x.dim()),
+                        [n, d, n],
+                        (scores, 1, n),
+                        (v, v_cs, v_rs),
+                        1.0,
+                    )
+                };
+            };
+            if keep {
+                // Each pair's scores become its slice of the kept probabilities.
+                // SAFETY: every pair's scores are written by its first GEMM.
+                kept = unsafe {
+                    written(pairs * n * n, |kept| {
+                        kept.par_chunks_mut(n * n)
+                            .enumerate()
+                            .for_each(|(pair, scores)| one_pair(pair, scores))
+                    })
+                };
+            } else {
+                (0..pairs).into_par_iter().for_each_init(
+                    || Vec::with_capacity(n * n),
+                    |scores: &mut Vec<f32>, pair| one_pair(pair, &mut scores.spare_capacity_mut()[..n * n]),
+                );
+            }
+        };
+        // SAFETY: the pairs' bands tile the whole output, each written by its second GEMM.
+        let out = unsafe { written(x.batch * n * x.dim(), fill) };
+        (out, kept)
+    }
+
+    /// The gradient of the fused projection from the merged output's, given the inputs and
+    /// the softmax probabilities P, per pair:
+    /// `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP))`, `dQ = scale dS K`,
+    /// `dK = scale dSᵀ Q`, each written into its band of `d qkv`.
+    #[derive(Debug)]
+    struct AttentionBackward;
+
+    impl Backward<Flex, 1> for AttentionBackward {
+        type State = (Arc<AttentionInputs>, Arc<Vec<f32>>);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (x, probabilities) = ops.state;
+            let (grad_out, _) = dense(grads.consume::<Flex>(&ops.node));
+            let grad_out = grad_out.storage::<f32>();
+            let (n, d, dim) = (x.tokens, x.head_dim, x.dim());
+            let pairs = x.batch * x.heads;
+            let fill = |dqkv: &mut [MaybeUninit<f32>]| {
+                let bands = DisjointBands::new(dqkv);
+                (0..pairs).into_par_iter().for_each_init(
+                    || Vec::with_capacity(n * n),
+                    |ds: &mut Vec<f32>, pair| {
+                        let (q, q_cs, q_rs) = x.read(pair, Part::Query);
+                        let (k, k_cs, k_rs) = x.read(pair, Part::Key);
+                        let (v, v_cs, v_rs) = x.read(pair, Part::Value);
+                        let p = &probabilities[pair * n * n..][..n * n];
+                        let d_out = &grad_out[x.band(pair, 0, 1)..];
+                        let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
+                        // SAFETY (each `bands.matmul`): one task per pair, disjoint bands.
+                        // dP = dO Vᵀ, then dS in place
+                        let ds = matmul(
+                            &mut ds.spare_capacity_mut()[..n * n],
+                            [n, n, d],
+                            (d_out, 1, dim),
+                            (v, v_rs, v_cs),
+                            1.0,
+                        );
+                        softmax_backward_rows(ds, p, n);
+                        // dV = Pᵀ dO, after the softmax backward has streamed P into the cache:
+                        // the product reads Pᵀ in strips of a few columns across all of P's
+                        // rows, which straight from memory is twice as slow.
+                        unsafe {
+                            bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0)
+                        };
+                        // dQ = scale dS K, dK = scale dSᵀ Q
+                        unsafe {
+                            bands.matmul(
+                                band(Part::Query),
+                                [n, d, n],
+                                (ds, 1, n),
+                                (k, k_cs, k_rs),
+                                x.scale(),
+                            )
+                        };
+                        unsafe {
+                            bands.matmul(band(Part::Key), [n, d, n], (ds, n, 1), (q, q_cs, q_rs), x.scale())
+                        };
+                    },
+                )
+            };
+            // SAFETY: each pair's dQ, dK and dV bands are written by its GEMMs, and the pairs'
+            // bands tile the whole gradient.
+            let dqkv = unsafe { written(x.batch * n * 3 * dim, fill) };
+            let [parent] = ops.parents;
+            register(grads, parent.map(|node| node.id), dqkv, vec![x.batch, n, 3 * dim]);
+        }
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    #[test]
+    fn attention_equals_burns_attention() {
+        let device = flex();
+        // 3 heads of 16; a non-contiguous projection (copied first) and a contiguous one.
+        let strided =
+            Tensor::<3>::random([2, 144, 5], Distribution::Normal(0.0, 2.0), &device).swap_dims(1, 2);
+        let dense = Tensor::<3>::random([3, 7, 144], Distribution::Normal(0.0, 2.0), &device);
+        for qkv in [strided, dense] {
+            let expected = burns_attention(qkv.clone(), 3).into_data();
+            let got = attention(qkv, 3).into_data();
+            assert_eq!(got.shape(), expected.shape());
+            got.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+        }
+    }
+
+    #[test]
+    fn attention_gradients_equal_burns() {
+        let device = flex().autodiff();
+        let qkv = Tensor::<3>::random([2, 7, 144], Distribution::Normal(0.0, 1.5), &device);
+        let weight = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.5), &device);
+        assert_same_gradients(
+            (&qkv, &weight),
+            &|qkv| attention(qkv, 3),
+            &|qkv| burns_attention(qkv, 3),
+            &|_| Vec::new(),
+            2e-5,
+        );
+    }
+}

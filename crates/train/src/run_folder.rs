@@ -1,0 +1,169 @@
+//! The files of a run folder that every training writes: the resumable checkpoint `last/`,
+//! `metrics.csv`, and JSON summaries.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use serde::Serialize;
+
+use crate::{EpochRow, TrainError, io_err};
+
+/// Writes `value` as pretty JSON, atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_err(path, e))?;
+    gaze_data::write_atomic(path, &bytes).map_err(|e| io_err(path, e))
+}
+
+/// Writes `out/metrics.csv`, one row per epoch.
+pub fn write_metrics(out: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
+    let fmt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    let mut csv = String::from("epoch,step,lr,train_loss,train_acc,val_loss,val_acc,images_per_s,seconds\n");
+    for r in rows {
+        csv.push_str(&format!(
+            "{},{},{:.6e},{:.6},{:.6},{},{},{:.3},{:.1}\n",
+            r.epoch,
+            r.step,
+            r.lr,
+            r.train_loss,
+            r.train_acc,
+            fmt(r.val_loss),
+            fmt(r.val_acc),
+            r.images_per_s,
+            r.seconds
+        ));
+    }
+    let path = out.join("metrics.csv");
+    gaze_data::write_atomic(&path, csv.as_bytes()).map_err(|e| io_err(&path, e))
+}
+
+/// Reads `out/metrics.csv` as [`write_metrics`] wrote it (its values rounded as printed).
+pub fn read_metrics(out: &Path) -> Result<Vec<EpochRow>, TrainError> {
+    let path = out.join("metrics.csv");
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let bad = |line: usize| io_err(&path, format!("line {line} is not a metrics row"));
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [
+            epoch,
+            step,
+            lr,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            images_per_s,
+            seconds,
+        ] = fields[..]
+        else {
+            return Err(bad(i + 1));
+        };
+        let number = |v: &str| v.parse::<f64>().map_err(|_| bad(i + 1));
+        let optional = |v: &str| {
+            if v.is_empty() {
+                Ok(None)
+            } else {
+                number(v).map(Some)
+            }
+        };
+        rows.push(EpochRow {
+            epoch: epoch.parse().map_err(|_| bad(i + 1))?,
+            step: step.parse().map_err(|_| bad(i + 1))?,
+            lr: number(lr)?,
+            train_loss: number(train_loss)?,
+            train_acc: number(train_acc)?,
+            val_loss: optional(val_loss)?,
+            val_acc: optional(val_acc)?,
+            images_per_s: number(images_per_s)?,
+            seconds: number(seconds)?,
+        });
+    }
+    Ok(rows)
+}
+
+/// The resumable checkpoint's file that is written last: a folder holding it is complete.
+const STATE: &str = "state.json";
+
+/// Writes the resumable checkpoint `out/last/` (model and optimizer as burnpack files, which
+/// keep parameter identities, and `state`), replacing the previous one whole
+/// ([`gaze_data::replace_dir`]).
+pub fn save_checkpoint<M: Module>(
+    out: &Path,
+    model: &M,
+    optim: &ModuleOptimizer,
+    state: &impl Serialize,
+) -> Result<(), TrainError> {
+    let last = out.join("last");
+    gaze_data::replace_dir(&last, |tmp| {
+        let failed = |path: &Path, e: &dyn std::fmt::Display| {
+            std::io::Error::other(format!("{}: {e}", path.display()))
+        };
+        let model_path = tmp.join("model.bpk");
+        model
+            .save_into(&mut BurnpackStore::from_file(&model_path).overwrite(true))
+            .map_err(|e| failed(&model_path, &e))?;
+        let optim_path = tmp.join("optim.bpk");
+        optim.save(&optim_path).map_err(|e| failed(&optim_path, &e))?;
+        let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+        gaze_data::write_atomic(&tmp.join(STATE), &bytes)
+    })
+    .map_err(|e| io_err(&last, e))
+}
+
+/// Reads what [`save_checkpoint`] wrote into `model` and `optim`, or `None` if `out` has no
+/// checkpoint.
+pub fn load_checkpoint<M: Module, S: serde::de::DeserializeOwned>(
+    out: &Path,
+    mut model: M,
+    optim: ModuleOptimizer,
+) -> Result<Option<(M, ModuleOptimizer, S)>, TrainError> {
+    let Some(dir) = gaze_data::replaced_dir(&out.join("last"), STATE) else {
+        return Ok(None);
+    };
+    let state_path = dir.join(STATE);
+    let text = std::fs::read(&state_path).map_err(|e| io_err(&state_path, e))?;
+    let state: S = serde_json::from_slice(&text).map_err(|e| io_err(&state_path, e))?;
+    let model_path = dir.join("model.bpk");
+    let result = model
+        .load_from(&mut BurnpackStore::from_file(&model_path))
+        .map_err(|e| io_err(&model_path, e))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(io_err(
+            &model_path,
+            "checkpoint does not match the configured model; start a new run folder",
+        ));
+    }
+    let optim_path = dir.join("optim.bpk");
+    let optim = optim.load(&optim_path).map_err(|e| io_err(&optim_path, e))?;
+    Ok(Some((model, optim, state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_read_back_as_written() {
+        let dir = std::env::temp_dir().join(format!("gaze-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let row = |epoch: usize, val_acc: Option<f64>| EpochRow {
+            epoch,
+            step: 10 * epoch,
+            lr: 3e-4,
+            train_loss: 0.5,
+            train_acc: 0.75,
+            val_loss: val_acc.map(|_| 0.25),
+            val_acc,
+            images_per_s: 12.5,
+            seconds: 30.0,
+        };
+        let rows = vec![row(1, None), row(2, Some(0.875))];
+        write_metrics(&dir, &rows).unwrap();
+        assert_eq!(read_metrics(&dir).unwrap(), rows);
+        std::fs::write(dir.join("metrics.csv"), "header\n1,2,3\n").unwrap();
+        assert!(read_metrics(&dir).unwrap_err().to_string().contains("line 2"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
