@@ -35,10 +35,10 @@ pub(crate) struct Panels {
     n: usize,
 }
 
-/// What a tile starts from before the product is added on.
+/// What a tile's sum starts from, or is finished with.
 #[derive(Clone, Copy)]
 enum Start {
-    /// The bias row, from the panel's first column.
+    /// The bias row, from the panel's first column, added to the finished product.
     Bias(*const f32),
     Zero,
     /// What `dst` already holds (the depth blocks after the first).
@@ -238,14 +238,12 @@ unsafe fn edge<const R: usize>(
         return unsafe { tile::<R>(a, lda, panel, c, ldc, start) };
     }
     let mut buffer = [[0f32; WIDTH]; R];
+    let mut padded_bias = [0f32; WIDTH];
     let start = match start {
         Start::Bias(bias) => {
             // SAFETY: the bias has `width` values left from here.
-            let bias = unsafe { std::slice::from_raw_parts(bias, width) };
-            buffer
-                .iter_mut()
-                .for_each(|row| row[..width].copy_from_slice(bias));
-            Start::Dst
+            padded_bias[..width].copy_from_slice(unsafe { std::slice::from_raw_parts(bias, width) });
+            Start::Bias(padded_bias.as_ptr())
         }
         Start::Zero => Start::Zero,
         Start::Dst => {
@@ -265,7 +263,7 @@ unsafe fn edge<const R: usize>(
     }
 }
 
-/// `c[R, 16] = start + a[R, depth] · panel[depth, 16]`, `depth = panel.len() / 16`, with
+/// `c[R, 16] = start + a[R, depth] · panel[depth, 16]` (a bias added after the product), `depth = panel.len() / 16`, with
 /// `a`'s rows `lda` apart and `c`'s `ldc` apart: 2R accumulators, each step two panel loads
 /// and R broadcasts for 2R fused multiply-adds.
 ///
@@ -286,11 +284,12 @@ unsafe fn tile<const R: usize>(
     // SAFETY: all loads and stores stay in the regions the caller vouches for.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        // The bias is added to the finished sum, as PyTorch's and gemm's products add it:
+        // starting the sum from it rounds differently, enough to move attention
+        // probabilities by 1e-6 through sharp softmaxes.
+        let mut bias = None;
         match start {
-            Start::Bias(bias) => {
-                let row = [_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))];
-                acc = [row; R];
-            }
+            Start::Bias(values) => bias = Some([_mm256_loadu_ps(values), _mm256_loadu_ps(values.add(8))]),
             Start::Zero => {}
             Start::Dst => {
                 for (r, acc) in acc.iter_mut().enumerate() {
@@ -313,8 +312,12 @@ unsafe fn tile<const R: usize>(
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(c.add(r * ldc), acc[0]);
-            _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+            let [low, high] = match bias {
+                Some([b0, b1]) => [_mm256_add_ps(acc[0], b0), _mm256_add_ps(acc[1], b1)],
+                None => *acc,
+            };
+            _mm256_storeu_ps(c.add(r * ldc), low);
+            _mm256_storeu_ps(c.add(r * ldc + 8), high);
         }
     }
 }
@@ -383,6 +386,33 @@ mod tests {
                     assert!(worst < 1e-3, "{m}x{k}x{n}, strides {strides:?}: off by {worst}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_bias_is_added_to_the_finished_product() {
+        if !supported() {
+            eprintln!("no AVX2 + FMA: the panels are not used on this CPU");
+            return;
+        }
+        // One depth block, a narrow last panel and a row count that is not a multiple of the
+        // tile: with the bias as the sum's starting value, the rounding differs from adding it
+        // to the finished sum (PyTorch's and gemm's order).
+        let (m, k, n) = (7, 40, 20);
+        let lhs: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 1.37)
+            .collect();
+        let rhs: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 0.71)
+            .collect();
+        let bias: Vec<f32> = (0..n).map(|j| 1000.0 + j as f32 * 0.123).collect();
+        let panels = Panels::pack_here((&rhs, 1, n), [k, n]).expect("AVX2 + FMA");
+        let mut dst = vec![MaybeUninit::new(f32::NAN); m * n];
+        let with_bias = panels.product(&mut dst, &lhs, Some(&bias)).to_vec();
+        let mut dst = vec![MaybeUninit::new(f32::NAN); m * n];
+        let product = panels.product(&mut dst, &lhs, None).to_vec();
+        for (i, (got, sum)) in with_bias.iter().zip(&product).enumerate() {
+            assert_eq!(got.to_bits(), (sum + bias[i % n]).to_bits(), "element {i}");
         }
     }
 }
