@@ -2,7 +2,7 @@
 # gaze beside PyTorch on an NVIDIA GPU: builds the `tch` backend (libtorch from the Python's
 # torch 2.9.0, whose PyPI wheel is a CUDA build) and the `cuda` backend (CubeCL; its build
 # downloads an LLVM bundle, so it may fail offline), runs `cargo xtask bench` for each with
-# PyTorch on the GPU in the same invocation, and appends the figures to docs/benchmarks.md.
+# PyTorch on the GPU in the same invocation, and appends the figures to docs/optimization-log.md.
 #
 #   GAZE_PYTHON=/path/to/venv/bin/python tools/gpu-bench.sh [repeats]
 #
@@ -65,5 +65,5 @@ for r in json.load(open(sys.argv[1]))["rows"]:
     print(f"| {r['workload']} | {r['unit']} | {f(r['gaze'])} | {f(r['pytorch'])} | {f(r['ratio'])} |")
 PY
     done
-} >>docs/benchmarks.md
-echo "appended to docs/benchmarks.md" >&2
+} >>docs/optimization-log.md
+echo "appended to docs/optimization-log.md" >&2

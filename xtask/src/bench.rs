@@ -204,11 +204,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             },
             "rows": rows,
         });
-        // Whole or not at all, as gaze's own outputs (gaze_data::io::write_atomic, whose
-        // image stack xtask does not build).
-        let partial = path.with_extension("json.partial");
-        std::fs::write(&partial, serde_json::to_vec_pretty(&report)?)
-            .and_then(|()| std::fs::rename(&partial, path))
+        gaze_data::write_atomic(path, &serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("{}: could not write", path.display()))?;
     }
     Ok(())

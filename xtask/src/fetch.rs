@@ -140,7 +140,7 @@ pub fn download(item: &Download, dest_dir: &Path, show_progress: bool) -> Result
             item.url
         );
     }
-    std::fs::rename(&part, &dest)?;
+    gaze_data::io::move_into_place(&part, &dest)?;
     Ok(hash)
 }
 

@@ -1,10 +1,11 @@
 //! Greedy decoding on plain `f32` slices, for the CPU. Through burn's tensors one step of
 //! CATR's decoder and head is about 300 small operations for about 9M multiply-adds, so the
-//! cost per operation, not the arithmetic, set the pace (8 ms a token on `flex`). Here the
+//! cost per operation, not the arithmetic, sets the pace. Here the
 //! weights are copied out once ([`CpuWeights`], kept by a [`crate::Captioner`]) and a step is
 //! a few loops per layer, each weight matrix read once, split over a spinning [`Team`]; the
 //! word layer reads a bfloat16 copy and recomputes the close calls in f32 ([`ArgmaxHead`]).
-//! `model.rs` tests it equal to the tensor path and to teacher forcing.
+//! `captioner.rs` tests it equal to the tensor path, and `model.rs` greedy decoding equal to
+//! teacher forcing.
 
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;

@@ -37,6 +37,12 @@ pub fn write_atomic_with(
     result
 }
 
+/// Moves `written`, a finished and synced file that was filled elsewhere under another name
+/// (a resumable download's partial file), into place at `path`, replacing what was there.
+pub fn move_into_place(written: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(written, path)
+}
+
 /// Replaces the folder `dir` with one that `fill` writes, so that a reader finds either the
 /// old folder or the new one whole: `fill` writes `dir.tmp`, then `dir` becomes `dir.old`,
 /// `dir.tmp` becomes `dir`, and `dir.old` is removed. [`replaced_dir`] finds the result

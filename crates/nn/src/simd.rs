@@ -99,9 +99,8 @@ pub(crate) fn exp(x: f32) -> f32 {
 }
 
 /// Defines `fn $name(args)` whose body is compiled three times: for AVX-512, for AVX2 + FMA,
-/// and for the target's baseline, the first the CPU has being taken (checked at run time; the
-/// 512-bit build cut the softmax and GELU time by about a fifth on an AVX-512 Xeon, and
-/// without it that CPU ran the AVX2 build). The body's helpers must be
+/// and for the target's baseline, the first the CPU has being taken (checked at run time:
+/// without the 512-bit build an AVX-512 CPU would run the AVX2 one). The body's helpers must be
 /// `#[inline(always)]` (so they are compiled into each copy) and called directly, not passed
 /// as closures or function items, which may be compiled once, for the baseline.
 macro_rules! multiversion {

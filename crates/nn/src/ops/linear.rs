@@ -204,8 +204,8 @@ pub(crate) mod flex {
             let (x, _) = dense(x);
             let x = x.storage::<f32>();
             // dW and db are sums over the rows: each core sums its share of the rows into its
-            // own partial (one single-threaded GEMM; measured 5-25 % faster than one GEMM
-            // split by gemm itself), and the partials are added.
+            // own partial (one single-threaded GEMM, faster than one GEMM split by gemm
+            // itself), and the partials are added.
             let parts = rayon::current_num_threads().min(rows / 256).max(1);
             let block = rows.div_ceil(parts).max(1);
             let (dw, db) = x[..rows * d_in]
