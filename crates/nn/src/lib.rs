@@ -9,8 +9,9 @@
 //!   elsewhere.
 //! * [`decode`]: kernels that feed one row at a time through small layers on plain slices,
 //!   for greedy decoding.
-//! * [`checkpoint`]: what a `.safetensors` or PyTorch file holds, read without its data, and
-//!   the comparison with what a model expects.
+//! * [`checkpoint`]: what a `.safetensors` or PyTorch file holds, read without its data, the
+//!   comparison with what a model expects, and saving a module as `.safetensors` in
+//!   PyTorch's layout.
 
 pub mod checkpoint;
 pub mod decode;
