@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 /// A patch embedding: `conv.forward(x)` for a convolution whose stride is its kernel (ViT's
 /// `patch_embed.proj`), as `[batch, patches, dim]` with the patches row-major over the grid.
 /// On `flex` (with autodiff or without) each patch is cut out as one row of a `[batch,
-/// patches, c_in * kh * kw]` matrix and the rows go through [`linear`](super::linear)'s kernel, the
+/// patches, c_in * kh * kw]` matrix and the rows go through [`linear`](fn@super::linear)'s kernel, the
 /// convolution's weight read in place as the `[c_in * kh * kw, dim]` matrix; `flex`'s own
 /// convolution runs mostly on one thread, and its tokens then need a transposing copy.
 pub fn patch_embed(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
