@@ -81,13 +81,20 @@ pub struct EpochRow {
     /// Optimizer steps taken so far.
     pub step: usize,
     /// Learning rate of the epoch's last step.
+    #[serde(with = "crate::exact")]
     pub lr: f64,
+    #[serde(with = "crate::exact")]
     pub train_loss: f64,
+    #[serde(with = "crate::exact")]
     pub train_acc: f64,
+    #[serde(with = "crate::exact::option")]
     pub val_loss: Option<f64>,
+    #[serde(with = "crate::exact::option")]
     pub val_acc: Option<f64>,
+    #[serde(with = "crate::exact")]
     pub images_per_s: f64,
     /// Training seconds so far (across resumes).
+    #[serde(with = "crate::exact")]
     pub seconds: f64,
 }
 
@@ -95,10 +102,12 @@ pub struct EpochRow {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Running {
     /// Loss times [`Tally::counted`], summed.
+    #[serde(with = "crate::exact")]
     loss_sum: f64,
     correct: usize,
     counted: usize,
     seen: usize,
+    #[serde(with = "crate::exact")]
     seconds: f64,
 }
 
@@ -123,8 +132,10 @@ struct RunState {
     step: usize,
     running: Running,
     rows: Vec<EpochRow>,
+    #[serde(with = "crate::exact::option")]
     best_val_acc: Option<f64>,
     best_epoch: Option<usize>,
+    #[serde(with = "crate::exact")]
     seconds: f64,
     skipped_images: usize,
 }
@@ -367,5 +378,74 @@ fn summary(state: &RunState, schedule: &ScheduleSection) -> Summary {
         steps: state.step,
         seconds: state.seconds,
         skipped_images: state.skipped_images,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_state_floats_read_back_bit_for_bit() {
+        let value = |k: usize| k as f64 / 300.0;
+        let rows = (0..300)
+            .map(|k| EpochRow {
+                epoch: k,
+                step: k,
+                lr: value(k) * 3e-4,
+                train_loss: value(k) * 2.5,
+                train_acc: value(k),
+                val_loss: Some(value(299 - k)),
+                val_acc: Some(value(k)),
+                images_per_s: value(k) * 17.0,
+                seconds: value(k) * 1e4,
+            })
+            .collect();
+        let state = RunState {
+            epoch: 3,
+            batch: 7,
+            step: 100,
+            running: Running {
+                loss_sum: value(1) * 123.0,
+                correct: 5,
+                counted: 9,
+                seen: 9,
+                seconds: value(2),
+            },
+            rows,
+            best_val_acc: Some(value(299)),
+            best_epoch: Some(299),
+            seconds: value(7) * 1e3,
+            skipped_images: 0,
+        };
+        let text = serde_json::to_vec_pretty(&state).unwrap();
+        let back: RunState = serde_json::from_slice(&text).unwrap();
+        let bits = |s: &RunState| {
+            let mut all = vec![
+                s.running.loss_sum,
+                s.running.seconds,
+                s.seconds,
+                s.best_val_acc.unwrap(),
+            ];
+            for r in &s.rows {
+                all.extend([
+                    r.lr,
+                    r.train_loss,
+                    r.train_acc,
+                    r.val_loss.unwrap(),
+                    r.val_acc.unwrap(),
+                ]);
+                all.extend([r.images_per_s, r.seconds]);
+            }
+            all.into_iter().map(f64::to_bits).collect::<Vec<_>>()
+        };
+        let (want, got) = (bits(&state), bits(&back));
+        let differing = want.iter().zip(&got).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing,
+            0,
+            "{differing} of {} values came back different",
+            want.len()
+        );
     }
 }

@@ -10,6 +10,7 @@
 
 mod compare;
 mod config;
+mod exact;
 mod fit;
 mod run_folder;
 mod schedule;
