@@ -244,10 +244,42 @@ pub fn unapplied(result: &ApplyResult, expected: impl Fn(&str) -> bool) -> Optio
     )
 }
 
+/// Rewrites the `.safetensors` file at `path` with its header's keys in sorted order, so that
+/// the same tensors and metadata give the same bytes: the stores keep the metadata in a hash
+/// map, whose order changes from one save to the next. The tensor data is not touched; the
+/// header is padded with spaces to a multiple of 8 bytes, as the format's writers do.
+fn canonical_header(path: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    let invalid = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let length = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| invalid("shorter than a safetensors header"))?;
+    let data = bytes
+        .get(8 + length..)
+        .ok_or_else(|| invalid("header longer than the file"))?;
+    // serde_json's maps are ordered by key.
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + length]).map_err(|e| invalid(&format!("bad header: {e}")))?;
+    let mut text = serde_json::to_string(&header).map_err(std::io::Error::other)?;
+    text.push_str(&" ".repeat(text.len().next_multiple_of(8) - text.len()));
+    let mut out = Vec::with_capacity(8 + text.len() + data.len());
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(data);
+    std::fs::write(path, out)
+}
+
 /// Writes `module` as `.safetensors` in PyTorch's layout (`[out, in]` linear weights, norm
 /// weights as `weight`/`bias`), under `key` in the metadata `json` (a model's architecture,
 /// say), module paths respelled by the `(pattern, replacement)` `remappings`. The file
-/// appears whole or not at all ([`gaze_data::write_atomic_with`]).
+/// appears whole or not at all ([`gaze_data::write_atomic_with`]), and the same module and
+/// metadata always give the same bytes.
 pub fn save_safetensors<M: ModuleSnapshot>(
     module: &M,
     path: &Path,
@@ -262,10 +294,44 @@ pub fn save_safetensors<M: ModuleSnapshot>(
         for (from, to) in remappings {
             store = store.with_key_remapping(&from, &to);
         }
-        module.save_into(&mut store).map_err(std::io::Error::other)
+        module.save_into(&mut store).map_err(std::io::Error::other)?;
+        canonical_header(tmp)
     })
     .map_err(|e| LoadError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+    use burn::tensor::Device;
+
+    #[test]
+    fn saving_twice_gives_the_same_bytes() {
+        let device = Device::flex();
+        device.seed(1);
+        let layer = LinearConfig::new(6, 4).init(&device);
+        let dir = std::env::temp_dir().join(format!("gaze-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let save = |name: &str| {
+            let path = dir.join(name);
+            save_safetensors(&layer, &path, ("gaze.test", "{\"a\":1}".into()), []).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let first = save("0.safetensors");
+        for i in 1..8 {
+            assert_eq!(
+                save(&format!("{i}.safetensors")),
+                first,
+                "save {i} differs from the first"
+            );
+        }
+        let checkpoint = Checkpoint::open(&dir.join("0.safetensors")).unwrap();
+        assert_eq!(checkpoint.shapes["weight"], vec![4, 6]);
+        assert_eq!(checkpoint.metadata["gaze.test"], "{\"a\":1}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
