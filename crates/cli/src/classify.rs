@@ -9,8 +9,8 @@ use gaze_data::display_name;
 use gaze_data::{collect_images, labeled_images, write_atomic};
 use gaze_nn::checkpoint::LoadError;
 use gaze_nn::{argmax, parse_device};
+use gaze_records::{Prediction, predictions_csv};
 use gaze_vit::{VisionTransformer, VitConfig, classification_metrics, classify_files, load_pretrained};
-use serde::Serialize;
 
 use crate::progress::bar;
 
@@ -85,13 +85,6 @@ pub struct PredictArgs {
     json: Option<PathBuf>,
 }
 
-#[derive(Serialize)]
-struct Prediction {
-    filename: String,
-    label: usize,
-    logits: Vec<f32>,
-}
-
 fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, bytes).with_context(|| format!("{}: could not write", path.display()))
 }
@@ -128,14 +121,10 @@ pub fn predict(args: PredictArgs) -> Result<()> {
             logits,
         })
         .collect();
-    let mut csv = String::from("filename,label\n");
-    for p in &predictions {
-        csv.push_str(&format!("{},{}\n", p.filename, p.label));
-    }
     if let Some(json) = &args.json {
         write_output(json, &serde_json::to_vec_pretty(&predictions)?)?;
     }
-    write_output(&args.out, csv.as_bytes())?;
+    write_output(&args.out, &predictions_csv(&predictions))?;
     eprintln!(
         "wrote {} predictions to {}",
         predictions.len(),

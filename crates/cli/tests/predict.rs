@@ -156,3 +156,34 @@ fn bad_input_fails_with_one_line_naming_the_file() {
     assert_eq!(m["confusion"].as_array().unwrap().len(), 5);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn file_names_with_commas_and_quotes_stay_one_csv_field() {
+    let dir = scratch("csv-quoting");
+    let weights = reduced_gaze_weights(&dir);
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for name in ["a,b.png", "say \"hi\".png", "plain.png"] {
+        std::fs::copy(fixtures().join("images/gray_300x200.png"), images.join(name)).unwrap();
+    }
+    let csv = dir.join("preds.csv");
+    let out = gaze(&[
+        "predict",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0], "filename,label");
+    // RFC 4180: a field with a comma or a quote is quoted, its quotes doubled; others are not.
+    let label = lines[3].rsplit_once(',').unwrap().1;
+    assert_eq!(lines[1], format!("\"a,b.png\",{label}"));
+    assert_eq!(lines[2], format!("plain.png,{label}"));
+    assert_eq!(lines[3], format!("\"say \"\"hi\"\".png\",{label}"));
+}

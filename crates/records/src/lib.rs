@@ -16,6 +16,31 @@ pub struct ClassificationMetrics {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// `gaze predict`: one image's predicted class (`--json` adds the logits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The image's file name, without its folder.
+    pub filename: String,
+    pub label: usize,
+    pub logits: Vec<f32>,
+}
+
+/// The course's predictions CSV: a `filename,label` header and one row per prediction, a
+/// name quoted only where it holds a comma, a quote or a line break.
+pub fn predictions_csv(predictions: &[Prediction]) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut write = || -> csv::Result<()> {
+        writer.write_record(["filename", "label"])?;
+        for p in predictions {
+            writer.write_record([p.filename.as_str(), &p.label.to_string()])?;
+        }
+        writer.flush()?;
+        Ok(())
+    };
+    write().expect("writing to memory cannot fail");
+    writer.into_inner().expect("flushed above")
+}
+
 /// `gaze attention --json`, one per image: the [class] token's attention to every patch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttentionRecord {
@@ -95,4 +120,40 @@ pub struct SceneObject {
 pub struct SceneRecord {
     pub caption: String,
     pub objects: Vec<SceneObject>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictions_csv_quotes_only_what_needs_it_and_reads_back() {
+        let names = ["26_5064.jpg", "a,b.jpg", "say \"cheese\".png", "two\nlines.jpg"];
+        let predictions: Vec<Prediction> = names
+            .iter()
+            .enumerate()
+            .map(|(label, name)| Prediction {
+                filename: name.to_string(),
+                label,
+                logits: vec![],
+            })
+            .collect();
+        let bytes = predictions_csv(&predictions);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with("filename,label\n26_5064.jpg,0\n"), "{text}");
+        let mut reader = csv::Reader::from_reader(&bytes[..]);
+        let rows: Vec<(String, usize)> = reader
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (r[0].to_string(), r[1].parse().unwrap())
+            })
+            .collect();
+        let want: Vec<(String, usize)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), i))
+            .collect();
+        assert_eq!(rows, want);
+    }
 }
