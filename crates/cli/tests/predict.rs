@@ -85,6 +85,20 @@ fn predict_fails(weights: &Path, images: &Path, model: Option<&str>, csv: &Path)
     stderr
 }
 
+/// Runs `gaze predict` on `images` into `csv` and asserts that it succeeds.
+fn predict_succeeds(weights: &Path, images: &Path, csv: &Path) {
+    let out = gaze(&[
+        "predict",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn bad_input_fails_with_one_line_naming_the_file() {
     let dir = scratch("bad");
@@ -123,16 +137,7 @@ fn bad_input_fails_with_one_line_naming_the_file() {
     assert!(err.contains("none.safetensors"), "{err}");
 
     // And the same folder works once it is clean.
-    let out = gaze(&[
-        "predict",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--images",
-        images.to_str().unwrap(),
-        "--out",
-        csv.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    predict_succeeds(&weights, &images, &csv);
     assert!(
         std::fs::read_to_string(&csv)
             .unwrap()
@@ -167,16 +172,7 @@ fn file_names_with_commas_and_quotes_stay_one_csv_field() {
         std::fs::copy(fixtures().join("images/gray_300x200.png"), images.join(name)).unwrap();
     }
     let csv = dir.join("preds.csv");
-    let out = gaze(&[
-        "predict",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--images",
-        images.to_str().unwrap(),
-        "--out",
-        csv.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    predict_succeeds(&weights, &images, &csv);
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
@@ -186,4 +182,5 @@ fn file_names_with_commas_and_quotes_stay_one_csv_field() {
     assert_eq!(lines[1], format!("\"a,b.png\",{label}"));
     assert_eq!(lines[2], format!("plain.png,{label}"));
     assert_eq!(lines[3], format!("\"say \"\"hi\"\".png\",{label}"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,9 +14,13 @@ pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    let text = String::deserialize(deserializer)?;
+    parse(&String::deserialize(deserializer)?)
+}
+
+/// `text` as the `f64` it spells exactly.
+fn parse<E: Error>(text: &str) -> Result<f64, E> {
     text.parse()
-        .map_err(|_| D::Error::custom(format!("`{text}` is not a number")))
+        .map_err(|_| E::custom(format!("`{text}` is not a number")))
 }
 
 pub mod option {
@@ -31,10 +35,7 @@ pub mod option {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
         Option::<String>::deserialize(deserializer)?
-            .map(|text| {
-                text.parse()
-                    .map_err(|_| D::Error::custom(format!("`{text}` is not a number")))
-            })
+            .map(|text| parse(&text))
             .transpose()
     }
 }
