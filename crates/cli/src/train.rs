@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use gaze_caption::train::{CaptionTrainConfig, train_captioner};
 use gaze_nn::parse_device;
@@ -37,7 +37,8 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    /// The run folder (refusing a used one without --resume), the device and the options.
+    /// The run folder, the device and the options (the training takes the folder, refusing a
+    /// used one without --resume).
     fn prepare(&self, skip_bad: bool) -> Result<(PathBuf, burn::tensor::Device, RunOptions)> {
         let out = self.out.clone().unwrap_or_else(|| {
             let stem = self
@@ -47,12 +48,6 @@ impl RunArgs {
                 .unwrap_or_else(|| "run".into());
             PathBuf::from("runs").join(stem)
         });
-        if !self.resume && out.join("last").exists() {
-            bail!(
-                "{}: a run is already there; pass --resume to continue it or choose another --out",
-                out.display()
-            );
-        }
         let options = RunOptions {
             resume: self.resume,
             skip_bad,

@@ -5,7 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{gaze, scratch};
+use common::{
+    gaze, gaze_killed_at, kill_at_every_step, metrics_without_timing as metrics, scratch,
+    tensor_bytes as tensors,
+};
 
 const CONFIG: &str = r#"
 [model]
@@ -34,6 +37,16 @@ warmup_steps = 2
 "#;
 
 fn caption_train(config: &Path, out: &Path, data: &Path, extra: &[&str]) -> std::process::Output {
+    caption_train_killed_at(config, out, data, extra, None)
+}
+
+fn caption_train_killed_at(
+    config: &Path,
+    out: &Path,
+    data: &Path,
+    extra: &[&str],
+    fault: Option<usize>,
+) -> std::process::Output {
     let dir = format!("data.dir=\"{}\"", data.display());
     let mut args = vec![
         "caption-train",
@@ -44,28 +57,7 @@ fn caption_train(config: &Path, out: &Path, data: &Path, extra: &[&str]) -> std:
         &dir,
     ];
     args.extend(extra);
-    gaze(&args)
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect();
-    out.sort();
-    out
-}
-
-/// metrics.csv without the timing columns.
-fn metrics(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
-        .collect()
+    gaze_killed_at(&args, fault)
 }
 
 #[test]
@@ -112,6 +104,24 @@ fn trains_resumes_bit_for_bit_and_captions_with_what_it_wrote() {
     }
     assert_eq!(metrics(&parts), metrics(&whole));
     assert!(tensors(&parts.join("model.safetensors")) == tensors(&whole.join("model.safetensors")));
+
+    // Killed before every rename and removal, and again during the resumed run's clean-up:
+    // resuming gives the uninterrupted run's model and metrics.
+    let kills = dir.join("kills");
+    let steps = kill_at_every_step(
+        &kills,
+        3,
+        |out, extra, fault| caption_train_killed_at(&config, out, &data, extra, fault),
+        |out| {
+            assert_eq!(metrics(out), metrics(&whole), "{}", out.display());
+            assert!(
+                tensors(&out.join("model.safetensors")) == tensors(&whole.join("model.safetensors")),
+                "{}",
+                out.display()
+            );
+        },
+    );
+    assert!(steps >= 10, "only {steps} steps");
 
     // A used run folder needs --resume.
     let out = caption_train(&config, &whole, &data, &[]);

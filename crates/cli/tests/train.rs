@@ -131,3 +131,103 @@ fn synth_train_compare_and_bad_images() {
     assert_eq!(summary["skipped_images"], 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_kill_at_any_step_resumes_to_the_same_run() {
+    let dir = scratch("train-kills");
+    let data = dir.join("synth");
+    let args = ["synth", "--out", data.to_str().unwrap(), "--classes", "3"];
+    let out = gaze(&[&args[..], &["--train", "24", "--val", "12", "--size", "32"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let run = |out: &std::path::Path, extra: &[&str], fault: Option<usize>| {
+        let mut args = vec!["train", "--config", config.to_str().unwrap()];
+        args.extend(["--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        gaze_killed_at(&args, fault)
+    };
+    let whole = dir.join("whole");
+    let out = run(&whole, &[], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = |run: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let steps = kill_at_every_step(&dir.join("kills"), 3, run, |out| {
+        assert_eq!(metrics_without_timing(out), metrics_without_timing(&whole));
+        assert!(tensor_bytes(&out.join("best.safetensors")) == tensor_bytes(&whole.join("best.safetensors")));
+        assert_eq!(summary(out)["best_epoch"], summary(&whole)["best_epoch"]);
+        let left: Vec<String> = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp") || name.ends_with(".old"))
+            .collect();
+        assert!(left.is_empty(), "{} leaves {left:?}", out.display());
+    });
+    assert!(steps >= 10, "only {steps} steps");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_folder_is_reused_only_to_resume_and_by_one_writer() {
+    let dir = scratch("train-folder");
+    let data = dir.join("synth");
+    let args = ["synth", "--out", data.to_str().unwrap(), "--classes", "3"];
+    let out = gaze(&[&args[..], &["--train", "12", "--val", "6", "--size", "32"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let run = dir.join("run");
+    let out = train(&config, &data, &run, &["schedule.epochs=1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let best = std::fs::read(run.join("best.safetensors")).unwrap();
+    let metrics = std::fs::read(run.join("metrics.csv")).unwrap();
+
+    // Without last/, neither a new run nor --resume may replace the finished one.
+    std::fs::remove_dir_all(run.join("last")).unwrap();
+    for extra in [&["optim.lr=5e-2"][..], &["--resume", "optim.lr=5e-2"]] {
+        let out = train(&config, &data, &run, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(run.to_str().unwrap()), "{stderr}");
+    }
+    assert_eq!(std::fs::read(run.join("best.safetensors")).unwrap(), best);
+    assert_eq!(std::fs::read(run.join("metrics.csv")).unwrap(), metrics);
+
+    // A second writer is refused while the first holds the folder's lock.
+    let busy = dir.join("busy");
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args([
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--out", busy.to_str().unwrap(), "schedule.epochs=200"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !busy.join("config.toml").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = train(&config, &data, &busy, &["--resume", "optim.lr=5e-2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another gaze run"), "{stderr}");
+    // Killed, the first writer leaves no lock behind.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let out = train(&config, &data, &busy, &["--resume", "schedule.epochs=1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config_toml = std::fs::read_to_string(busy.join("config.toml")).unwrap();
+    assert!(config_toml.contains("epochs = 1"), "{config_toml}");
+
+    // A run that fails before writing anything leaves no folder.
+    let failed = dir.join("failed");
+    let out = train(&config, &dir.join("no-such-data"), &failed, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!failed.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -9,7 +9,7 @@
 //!   synthetic captioning set.
 //! * [`dataset`] lists images and parses the course's `{label}_{id}.jpg` file names.
 //! * [`boxes`] measures attention against the synthetic sets' object boxes.
-//! * [`io`] writes output files atomically.
+//! * [`io`] writes output files atomically, never over an input.
 
 pub mod augment;
 pub mod boxes;
@@ -30,5 +30,8 @@ pub use decode::load_rgb;
 pub use error::DataError;
 /// The `image` crate, re-exported so users of gaze share its `RgbImage`.
 pub use image;
-pub use io::{read_npy_f32, replace_dir, replaced_dir, write_atomic, write_atomic_with, write_npy_f32};
+pub use io::{
+    protect_inputs, read_npy_f32, refuse_inputs, remove_stale_temps, replace_dir, replaced_dir, settle_dir,
+    write_atomic, write_atomic_with, write_npy_f32,
+};
 pub use transform::{EvalTransform, Interpolation};

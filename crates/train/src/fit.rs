@@ -240,6 +240,10 @@ pub fn fit<T: Task>(
         if let Some((m, o, s)) = load_checkpoint::<_, RunState>(out, model.clone(), optim)? {
             observer.message(&format!("resuming at epoch {}, batch {}", s.epoch + 1, s.batch));
             (model, optim, state) = (m, o, s);
+            // A kill after the checkpoint and before metrics.csv would otherwise lose rows.
+            if !state.rows.is_empty() {
+                write_metrics(out, &state.rows)?;
+            }
         } else {
             observer.message("no checkpoint to resume from; starting fresh");
             optim = build_optimizer(optim_config);
@@ -272,6 +276,15 @@ pub fn fit<T: Task>(
             })??;
             let (loss, tally) = task.loss(&model, batch);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged(format!(
+                    "epoch {}, batch {}, step {}: the loss is {loss_value}; the run diverged. Lower optim.lr (now {}) or check the data",
+                    epoch + 1,
+                    b + 1,
+                    state.step + 1,
+                    optim_config.lr
+                )));
+            }
             let grads = loss.div_scalar(grad_accum as f64).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             pending += 1;

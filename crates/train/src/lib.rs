@@ -24,7 +24,7 @@ pub use fit::{
     BatchProgress, EpochRow, FitConfig, Fitted, Observer, Quiet, RunOptions, Summary, Tally, Task,
     epoch_order, fit,
 };
-pub use run_folder::{load_checkpoint, read_metrics, save_checkpoint, write_json, write_metrics};
+pub use run_folder::{RunFolder, load_checkpoint, read_metrics, save_checkpoint, write_json, write_metrics};
 pub use schedule::{build_optimizer, learning_rate};
 pub use sgd::{Sgd, SgdState};
 
@@ -39,6 +39,9 @@ pub enum TrainError {
     Load(#[from] gaze_nn::checkpoint::LoadError),
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// A loss or a validation metric that is not a finite number.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 /// An I/O failure on `path`.

@@ -1,7 +1,7 @@
 //! The files of a run folder that every training writes: the resumable checkpoint `last/`,
-//! `metrics.csv`, and JSON summaries.
+//! `metrics.csv`, and JSON summaries; and the folder's lock.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
@@ -9,6 +9,79 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::Serialize;
 
 use crate::{EpochRow, TrainError, io_err};
+
+/// A run folder held by this process: a lock on `.lock` inside refuses a second writer while
+/// this one lives (the operating system releases it when the process dies, however it dies).
+/// Dropped without a file written, a folder it created is removed again.
+#[derive(Debug)]
+pub struct RunFolder {
+    path: PathBuf,
+    _lock: std::fs::File,
+    created: bool,
+}
+
+const LOCK: &str = ".lock";
+
+impl RunFolder {
+    /// Takes `out` for a run: creates it if needed and locks it. A folder that holds anything
+    /// is reused only with `resume`, and only if it holds a checkpoint or no finished epoch.
+    /// Temporary files of killed writers are removed.
+    pub fn open(out: &Path, resume: bool) -> Result<Self, TrainError> {
+        let created = !out.exists();
+        std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+        let lock_path = out.join(LOCK);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io_err(
+                    out,
+                    "another gaze run is writing this run folder; wait for it to finish or choose another --out",
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, e)),
+        }
+        let folder = Self {
+            path: out.to_path_buf(),
+            _lock: lock,
+            created,
+        };
+        gaze_data::remove_stale_temps(out).map_err(|e| io_err(out, e))?;
+        let used = !folder.holds_only_the_lock();
+        let checkpoint = gaze_data::replaced_dir(&out.join("last"), STATE).is_some();
+        if used && !resume {
+            return Err(io_err(
+                out,
+                "a run is already there; pass --resume to continue it or choose another --out",
+            ));
+        }
+        if used && !checkpoint && out.join("metrics.csv").exists() {
+            return Err(io_err(
+                out,
+                "metrics.csv lists finished epochs but no checkpoint (last/) is left to resume from; choose another --out",
+            ));
+        }
+        Ok(folder)
+    }
+
+    fn holds_only_the_lock(&self) -> bool {
+        std::fs::read_dir(&self.path).is_ok_and(|entries| entries.flatten().all(|e| e.file_name() == LOCK))
+    }
+}
+
+impl Drop for RunFolder {
+    fn drop(&mut self) {
+        if self.created && self.holds_only_the_lock() {
+            let _ = std::fs::remove_file(self.path.join(LOCK));
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
 
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
@@ -87,7 +160,7 @@ pub fn read_metrics(out: &Path) -> Result<Vec<EpochRow>, TrainError> {
 const STATE: &str = "state.json";
 
 /// Writes the resumable checkpoint `out/last/` (model and optimizer as burnpack files, which
-/// keep parameter identities, and `state`), replacing the previous one whole
+/// keep parameter identities, and `state`, written last), replacing the previous one whole
 /// ([`gaze_data::replace_dir`]).
 pub fn save_checkpoint<M: Module>(
     out: &Path,
@@ -96,7 +169,7 @@ pub fn save_checkpoint<M: Module>(
     state: &impl Serialize,
 ) -> Result<(), TrainError> {
     let last = out.join("last");
-    gaze_data::replace_dir(&last, |tmp| {
+    gaze_data::replace_dir(&last, STATE, |tmp| {
         let failed = |path: &Path, e: &dyn std::fmt::Display| {
             std::io::Error::other(format!("{}: {e}", path.display()))
         };
@@ -119,15 +192,23 @@ pub fn load_checkpoint<M: Module, S: serde::de::DeserializeOwned>(
     mut model: M,
     optim: ModuleOptimizer,
 ) -> Result<Option<(M, ModuleOptimizer, S)>, TrainError> {
-    let Some(dir) = gaze_data::replaced_dir(&out.join("last"), STATE) else {
+    let dir = out.join("last");
+    if !gaze_data::settle_dir(&dir, STATE).map_err(|e| io_err(&dir, e))? {
         return Ok(None);
-    };
+    }
     let state_path = dir.join(STATE);
     let text = std::fs::read(&state_path).map_err(|e| io_err(&state_path, e))?;
     let state: S = serde_json::from_slice(&text).map_err(|e| io_err(&state_path, e))?;
+    // Read into memory whole: a store reading from the file would keep reading it lazily
+    // after the next checkpoint has removed it.
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map(burn::tensor::Bytes::from_bytes_vec)
+            .map_err(|e| io_err(path, e))
+    };
     let model_path = dir.join("model.bpk");
     let result = model
-        .load_from(&mut BurnpackStore::from_file(&model_path))
+        .load_from(&mut BurnpackStore::from_bytes(Some(read(&model_path)?)))
         .map_err(|e| io_err(&model_path, e))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         return Err(io_err(
@@ -136,7 +217,9 @@ pub fn load_checkpoint<M: Module, S: serde::de::DeserializeOwned>(
         ));
     }
     let optim_path = dir.join("optim.bpk");
-    let optim = optim.load(&optim_path).map_err(|e| io_err(&optim_path, e))?;
+    let optim = optim
+        .from_bytes(read(&optim_path)?)
+        .map_err(|e| io_err(&optim_path, e))?;
     Ok(Some((model, optim, state)))
 }
 

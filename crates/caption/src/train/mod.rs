@@ -22,7 +22,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 use gaze_records::CaptionSummary;
 use gaze_train::{
-    ConfigError, FitConfig, Observer, RunOptions, Tally, Task, TrainError, fit, io_err, write_json,
+    ConfigError, FitConfig, Observer, RunFolder, RunOptions, Tally, Task, TrainError, fit, io_err, write_json,
 };
 
 pub use config::{CaptionDataSection, CaptionTrainConfig};
@@ -178,6 +178,7 @@ pub fn train_captioner(
         path: out.join("config.toml"),
         message,
     })?;
+    let _folder = RunFolder::open(out, options.resume)?;
     let vocab_path = config.data.dir.join("vocab.txt");
     let vocab = Vocab::from_file(&vocab_path).map_err(|e| io_err(&vocab_path, e.message))?;
     if vocab.len() != catr.vocab_size {
@@ -199,7 +200,6 @@ pub fn train_captioner(
         val.names.len(),
         started.elapsed().as_secs_f64()
     ));
-    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     let toml = toml::to_string(config).map_err(|e| io_err(&out.join("config.toml"), e))?;
     gaze_data::write_atomic(&out.join("config.toml"), toml.as_bytes())
         .map_err(|e| io_err(&out.join("config.toml"), e))?;

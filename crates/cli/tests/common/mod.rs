@@ -198,3 +198,84 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
+
+/// `gaze ARGS` with `GAZE_FAULT_AT=fault`: the process aborts before its `fault`th rename or
+/// removal, as a kill would.
+pub fn gaze_killed_at(args: &[&str], fault: Option<usize>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gaze"));
+    command.args(args);
+    if let Some(step) = fault {
+        command.env("GAZE_FAULT_AT", step.to_string());
+    }
+    command.output().unwrap()
+}
+
+/// The tensors of a safetensors file, by name, as bytes.
+pub fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `metrics.csv` of a run folder without the timing columns (images/s, seconds).
+pub fn metrics_without_timing(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+/// Runs a training command into a fresh folder killed before its `n`th rename or removal, for
+/// every `n` until a run finishes unkilled; after each kill, resumes (once also killed again
+/// at each of the resumed run's first `second_kills` steps, its clean-up among them) and
+/// then resumes to the end. `train(out, extra, fault)` runs the command; `same(out)` asserts
+/// the finished folder equals the uninterrupted run's. Returns the number of steps.
+pub fn kill_at_every_step(
+    scratch: &Path,
+    second_kills: usize,
+    train: impl Fn(&Path, &[&str], Option<usize>) -> Output,
+    same: impl Fn(&Path),
+) -> usize {
+    let killed = |out: &Output| out.status.code().is_none() || out.status.code() == Some(134);
+    for n in 1.. {
+        let out = scratch.join(format!("kill-{n}"));
+        let first = train(&out, &[], Some(n));
+        if first.status.success() {
+            same(&out);
+            std::fs::remove_dir_all(&out).unwrap();
+            return n - 1;
+        }
+        assert!(
+            killed(&first),
+            "step {n}: {}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        for m in 1..=second_kills {
+            let again = train(&out, &["--resume"], Some(m));
+            if again.status.success() {
+                break;
+            }
+            assert!(
+                killed(&again),
+                "steps {n}, {m}: {}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+        }
+        let last = train(&out, &["--resume"], None);
+        assert!(
+            last.status.success(),
+            "killed at step {n}: {}",
+            String::from_utf8_lossy(&last.stderr)
+        );
+        same(&out);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    unreachable!()
+}

@@ -21,7 +21,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use gaze_data::augment::TrainTransform;
 use gaze_data::{DataError, EvalTransform, LabeledImage};
 use gaze_train::{
-    ConfigError, FitConfig, Observer, RunOptions, Summary, Tally, Task, TrainError, fit, io_err, write_json,
+    ConfigError, FitConfig, Observer, RunFolder, RunOptions, Summary, Tally, Task, TrainError, fit, io_err,
+    write_json,
 };
 
 pub use config::*;
@@ -234,7 +235,7 @@ pub fn train(
         path: out.join("config.toml"),
         message,
     })?;
-    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    let _folder = RunFolder::open(out, options.resume)?;
     let scan_started = Instant::now();
     let train_scan = scan_images(&config.data.train, vit.num_classes, options.skip_bad)?;
     let val_scan = scan_images(&config.data.val, vit.num_classes, options.skip_bad)?;
