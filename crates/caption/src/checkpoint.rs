@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn::store::{ModuleSnapshot, PytorchStore, SafetensorsStore};
 use burn::tensor::Device;
 use gaze_nn::checkpoint::{
-    Checkpoint, Format, LoadError, read_metadata, save_safetensors, state_dict_shapes, unapplied,
+    Checkpoint, Format, LoadError, apply_pytorch, from_pytorch_as_f32, read_metadata, save_safetensors,
+    state_dict_shapes, unapplied,
 };
 
 use crate::{Catr, CatrConfig};
@@ -110,11 +111,11 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
             if let Some(key) = top_level_key {
                 store = store.with_top_level_key(key);
             }
-            model.load_from(&mut store).map_err(|e| mismatch(e.to_string()))?
+            apply_pytorch(&mut model, store, None).map_err(mismatch)?
         }
         // The same state dict converted with `safetensors.torch.save_file`.
         Format::Safetensors => {
-            let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
+            let mut store = SafetensorsStore::from_file(path).with_from_adapter(from_pytorch_as_f32());
             for (from, to) in remappings(true) {
                 store = store.with_key_remapping(&from, &to);
             }

@@ -147,6 +147,37 @@ fn legacy_and_zip_checkpoints_agree() {
 }
 
 #[test]
+fn a_bfloat16_checkpoint_loads_as_its_values_in_f32() {
+    use burn::store::ModuleSnapshot;
+    let device = Device::flex();
+    let floats = |file: &str| -> Vec<(String, Vec<f32>)> {
+        load_catr(&fixtures().join(file), &small(), &device)
+            .unwrap()
+            .collect(None, None, false)
+            .into_iter()
+            .map(|t| {
+                let bytes = t.to_bytes().unwrap();
+                let values = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                (t.name.clone(), values)
+            })
+            .collect()
+    };
+    let reference = floats("catr_small.pth");
+    let got = floats("catr_small_bf16.pth");
+    assert_eq!(reference.len(), got.len());
+    for ((name, want), (_, got)) in reference.iter().zip(&got) {
+        let want: Vec<f32> = want
+            .iter()
+            .map(|v| burn::tensor::bf16::from_f32(*v).to_f32())
+            .collect();
+        assert!(*got == want, "{name} differs from the rounded f32 weights");
+    }
+}
+
+#[test]
 fn wrong_checkpoints_are_clear_errors() {
     let device = Device::flex();
     let path = fixtures().join("catr_small.pth");

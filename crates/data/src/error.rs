@@ -12,6 +12,15 @@ pub enum DataError {
     #[error("{path}: not a readable image ({reason}); re-export it as JPEG or PNG or remove it")]
     Decode { path: PathBuf, reason: String },
     #[error(
+        "{path}: {width}x{height} pixels is over the limit of {limit} pixels; downscale the image, or raise the limit with --max-pixels"
+    )]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
+    #[error(
         "{path}: file name does not match `{{label}}_{{id}}.jpg` ({reason}); rename it, e.g. `12_345.jpg`"
     )]
     BadName { path: PathBuf, reason: String },

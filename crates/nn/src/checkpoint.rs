@@ -6,7 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use burn::store::{ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::store::{
+    ApplyResult, BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot,
+    ModuleStore, PathFilter, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
+use burn::tensor::DType;
 
 /// Why a checkpoint could not become a model. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,8 @@ pub struct Checkpoint {
     pub format: Format,
     /// Tensor names (timm keys, any top-level key stripped) and shapes.
     pub shapes: BTreeMap<String, Vec<usize>>,
+    /// Tensor names and element types as the file spells them (`F32`, `BF16`, `I64`, ...).
+    pub dtypes: BTreeMap<String, String>,
     /// A safetensors file's `__metadata__` (empty for PyTorch files); models keep their
     /// architecture there.
     pub metadata: BTreeMap<String, String>,
@@ -72,18 +78,18 @@ impl Checkpoint {
                 "neither a safetensors file nor a PyTorch checkpoint ({e}); expected timm weights saved with safetensors or torch.save"
             ))
         })?;
-        let mut shapes: BTreeMap<String, Vec<usize>> = reader
+        let mut tensors: BTreeMap<String, (Vec<usize>, String)> = reader
             .tensors()
             .iter()
-            .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+            .map(|(k, t)| (k.clone(), (t.shape().to_vec(), format!("{:?}", t.dtype()))))
             .collect();
         // Training checkpoints keep the weights under `state_dict` or `model` beside other
         // entries (optimizer state, epoch); only the weights are read.
         let mut top_level_key = None;
         for key in ["state_dict", "model"] {
             let prefix = format!("{key}.");
-            if shapes.keys().any(|k| k.starts_with(&prefix)) {
-                shapes = shapes
+            if tensors.keys().any(|k| k.starts_with(&prefix)) {
+                tensors = tensors
                     .into_iter()
                     .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v)))
                     .collect();
@@ -91,13 +97,15 @@ impl Checkpoint {
                 break;
             }
         }
-        if shapes.is_empty() {
+        if tensors.is_empty() {
             return Err(read_err("holds no tensors".into()));
         }
+        let (shapes, dtypes) = split(tensors);
         Ok(Self {
             path: path.to_path_buf(),
             format: Format::Pytorch { top_level_key },
             shapes,
+            dtypes,
             metadata: BTreeMap::new(),
         })
     }
@@ -121,6 +129,7 @@ impl Checkpoint {
         #[derive(serde::Deserialize)]
         struct Entry {
             shape: Vec<usize>,
+            dtype: String,
         }
         let mut json: HashMap<String, serde_json::Value> =
             serde_json::from_slice(&header).map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
@@ -130,15 +139,17 @@ impl Checkpoint {
             .transpose()
             .map_err(|e| read_err(format!("bad safetensors metadata: {e}")))?
             .unwrap_or_default();
-        let shapes = json
+        let tensors = json
             .into_iter()
-            .map(|(k, v)| serde_json::from_value::<Entry>(v).map(|e| (k, e.shape)))
+            .map(|(k, v)| serde_json::from_value::<Entry>(v).map(|e| (k, (e.shape, e.dtype))))
             .collect::<Result<_, _>>()
             .map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
+        let (shapes, dtypes) = split(tensors);
         Ok(Self {
             path: path.to_path_buf(),
             format: Format::Safetensors,
             shapes,
+            dtypes,
             metadata,
         })
     }
@@ -165,7 +176,22 @@ impl Checkpoint {
                 (have != want).then(|| format!("{k} is {have:?}, expected {want:?}"))
             })
             .collect();
+        let not_float: Vec<String> = expected
+            .keys()
+            .filter(|k| !skip(k))
+            .filter_map(|k| {
+                let dtype = self.dtypes.get(k)?;
+                (!FLOAT_DTYPES.contains(&dtype.as_str())).then(|| format!("{k} is {dtype}"))
+            })
+            .collect();
         let mut parts = Vec::new();
+        if !not_float.is_empty() {
+            parts.push(format!(
+                "{} not floating point ({}); weights must be F32, F16, BF16 or F64",
+                not_float.len(),
+                not_float.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
         let list = |v: &[&String]| {
             let shown: Vec<_> = v.iter().take(6).map(|s| s.as_str()).collect();
             let more = if v.len() > 6 {
@@ -196,6 +222,44 @@ impl Checkpoint {
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
+}
+
+/// The element types that load, converted to f32: checkpoints on the model hubs are often
+/// f16 or bf16.
+const FLOAT_DTYPES: [&str; 4] = ["F32", "F16", "BF16", "F64"];
+
+type Shapes = BTreeMap<String, Vec<usize>>;
+
+fn split(tensors: BTreeMap<String, (Vec<usize>, String)>) -> (Shapes, BTreeMap<String, String>) {
+    let dtypes = tensors
+        .iter()
+        .map(|(k, (_, d))| (k.clone(), d.to_uppercase()))
+        .collect();
+    (tensors.into_iter().map(|(k, (s, _))| (k, s)).collect(), dtypes)
+}
+
+/// The adapter for weights saved by PyTorch: its layout turned into burn's, then every
+/// float tensor converted to f32.
+pub fn from_pytorch_as_f32() -> ChainAdapter {
+    PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
+}
+
+/// Loads the tensors of the PyTorch checkpoint `store` (with its top-level key and key
+/// remappings set) into `module` through [`from_pytorch_as_f32`]; `filter` picks the module
+/// paths to load (all when `None`). What did not load is in the result.
+pub fn apply_pytorch<M: ModuleSnapshot>(
+    module: &mut M,
+    mut store: PytorchStore,
+    filter: Option<PathFilter>,
+) -> Result<ApplyResult, String> {
+    let tensors = store
+        .get_all_tensors()
+        .map_err(|e| e.to_string())?
+        .values()
+        .cloned()
+        .collect();
+    let adapter: Box<dyn ModuleAdapter> = Box::new(from_pytorch_as_f32());
+    Ok(module.apply(tensors, filter, Some(adapter), false))
 }
 
 /// Tensor names and shapes of `model` as PyTorch/timm would list them.

@@ -8,10 +8,11 @@
 
 use std::path::Path;
 
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn::store::{ModuleSnapshot, PathFilter, PytorchStore, SafetensorsStore};
 use burn::tensor::Device;
 use gaze_nn::checkpoint::{
-    Checkpoint, Format, LoadError, read_metadata, save_safetensors, state_dict_shapes, unapplied,
+    Checkpoint, Format, LoadError, apply_pytorch, from_pytorch_as_f32, read_metadata, save_safetensors,
+    state_dict_shapes, unapplied,
 };
 
 use crate::{VisionTransformer, VitConfig};
@@ -87,7 +88,7 @@ pub fn load_vit(
     let result = match &checkpoint.format {
         Format::Safetensors => {
             let mut store = SafetensorsStore::from_file(path)
-                .with_from_adapter(PyTorchToBurnAdapter)
+                .with_from_adapter(from_pytorch_as_f32())
                 .allow_partial(fresh_head);
             if fresh_head {
                 store = store.with_predicate(not_head);
@@ -95,14 +96,12 @@ pub fn load_vit(
             model.load_from(&mut store).map_err(|e| read_err(e.to_string()))?
         }
         Format::Pytorch { top_level_key } => {
-            let mut store = PytorchStore::from_file(path).allow_partial(fresh_head);
+            let mut store = PytorchStore::from_file(path);
             if let Some(key) = top_level_key {
                 store = store.with_top_level_key(key);
             }
-            if fresh_head {
-                store = store.with_predicate(not_head);
-            }
-            model.load_from(&mut store).map_err(|e| read_err(e.to_string()))?
+            let filter = fresh_head.then(|| PathFilter::new().with_predicate(not_head));
+            apply_pytorch(&mut model, store, filter).map_err(read_err)?
         }
     };
     if let Some(details) = unapplied(&result, |p| !(fresh_head && p.starts_with("head."))) {

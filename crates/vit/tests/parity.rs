@@ -156,6 +156,40 @@ fn parameters(model: &VisionTransformer) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
+fn half_bfloat16_and_double_checkpoints_load_as_their_values_in_f32() {
+    let floats = |model: &VisionTransformer| -> Vec<(String, Vec<f32>)> {
+        parameters(model)
+            .into_iter()
+            .map(|(name, bytes)| {
+                let values = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                (name, values)
+            })
+            .collect()
+    };
+    let reference = floats(&load_reduced("reduced.safetensors"));
+    let as_f16 = |v: f32| burn::tensor::f16::from_f32(v).to_f32();
+    let as_bf16 = |v: f32| burn::tensor::bf16::from_f32(v).to_f32();
+    let rounding: [(&str, &dyn Fn(f32) -> f32); 3] = [("f16", &as_f16), ("bf16", &as_bf16), ("f64", &|v| v)];
+    for (dtype, round) in rounding {
+        for format in ["safetensors", "pth"] {
+            let file = format!("reduced_{dtype}.{format}");
+            let got = floats(&load_reduced(&file));
+            for ((name, want), (got_name, got)) in reference.iter().zip(&got) {
+                assert_eq!(name, got_name);
+                let want: Vec<f32> = want.iter().map(|v| round(*v)).collect();
+                assert!(
+                    *got == want,
+                    "{file}: {name} differs from the rounded f32 weights"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn save_then_load_is_exact_and_keeps_the_config() {
     let model = load_reduced("reduced.pth");
     let dir = std::env::temp_dir().join(format!("gaze-vit-roundtrip-{}", std::process::id()));
