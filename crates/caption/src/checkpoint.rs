@@ -64,7 +64,14 @@ pub const CATR_METADATA_KEY: &str = "gaze.catr";
 
 /// The architecture stored in a safetensors file written by [`save_catr`], if any.
 pub fn stored_config(path: &Path) -> Result<Option<CatrConfig>, CaptionError> {
-    Ok(read_metadata(&Checkpoint::open(path)?, CATR_METADATA_KEY)?)
+    let config: Option<CatrConfig> = read_metadata(&Checkpoint::open(path)?, CATR_METADATA_KEY)?;
+    if let Some(Err(e)) = config.as_ref().map(CatrConfig::validate) {
+        return Err(CaptionError::Mismatch {
+            path: path.to_path_buf(),
+            message: format!("the architecture in its {CATR_METADATA_KEY} metadata is unusable: {e}"),
+        });
+    }
+    Ok(config)
 }
 
 /// Writes `model` as safetensors under the published checkpoint's names, with `config` in the
@@ -89,6 +96,9 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
         path: path.to_path_buf(),
         message,
     };
+    config
+        .validate()
+        .map_err(|e| mismatch(format!("unusable architecture: {e}")))?;
     let mut model = config.init(device);
     let expected: BTreeMap<String, Vec<usize>> = state_dict_shapes(&model)
         .into_iter()

@@ -64,6 +64,64 @@ impl CatrConfig {
         serde_json::from_value(merged).map_err(|e| e.to_string())
     }
 
+    /// Checks every field before anything is allocated: sizes positive, `hidden_dim`
+    /// divisible by `nheads`, a finite epsilon, and the estimated memory of the weights and
+    /// of one image within [`MAX_MODEL_BYTES`](gaze_nn::checkpoint::MAX_MODEL_BYTES).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("resnet_width", self.resnet_width),
+            ("hidden_dim", self.hidden_dim),
+            ("nheads", self.nheads),
+            ("dec_layers", self.dec_layers),
+            ("dim_feedforward", self.dim_feedforward),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("max_dim", self.max_dim),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0; it must be positive"));
+        }
+        if let Some(stage) = self.resnet_blocks.iter().position(|b| *b == 0) {
+            return Err(format!("resnet_blocks[{stage}] is 0; every stage needs a block"));
+        }
+        if !self.hidden_dim.is_multiple_of(self.nheads) {
+            return Err(format!(
+                "hidden_dim {} does not divide into nheads {}",
+                self.hidden_dim, self.nheads
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps is {}; it must be a positive number",
+                self.layer_norm_eps
+            ));
+        }
+        gaze_nn::checkpoint::check_model_bytes(self.estimated_bytes())
+    }
+
+    /// Bytes of the f32 weights plus one image's largest activations, in floating point so
+    /// that no size overflows.
+    fn estimated_bytes(&self) -> f64 {
+        let (w, e) = (self.resnet_width as f64, self.expansion() as f64);
+        let backbone: f64 = self
+            .resnet_blocks
+            .iter()
+            .enumerate()
+            .map(|(stage, blocks)| {
+                let width = w * 2f64.powi(stage as i32);
+                *blocks as f64 * (9.0 + 2.0 * e) * width * width * e
+            })
+            .sum();
+        let (h, ff) = (self.hidden_dim as f64, self.dim_feedforward as f64);
+        let layers = (self.enc_layers + 2 * self.dec_layers) as f64;
+        let transformer = layers * (4.0 * h * h + 2.0 * h * ff)
+            + (self.vocab_size + self.max_position_embeddings) as f64 * h;
+        let pixels = (self.max_dim * self.max_dim) as f64;
+        let cells = pixels / (self.output_stride() * self.output_stride()) as f64;
+        let activations = pixels * w * e + cells * cells * self.nheads as f64;
+        4.0 * (backbone + transformer + activations)
+    }
+
     /// Channels out of the backbone.
     pub fn backbone_channels(&self) -> usize {
         self.resnet_width * 8 * self.expansion()
@@ -109,5 +167,28 @@ mod tests {
         let typo = CatrConfig::from_partial(&serde_json::json!({"hidden": 64})).unwrap_err();
         assert!(typo.contains("`hidden`"), "{typo}");
         assert!(CatrConfig::from_partial(&serde_json::json!({"nheads": "eight"})).is_err());
+    }
+
+    #[test]
+    fn architectures_are_validated_before_allocation() {
+        assert_eq!(CatrConfig::v3().validate(), Ok(()));
+        let refused = [
+            (CatrConfig::new().with_nheads(0), "nheads is 0"),
+            (CatrConfig::new().with_nheads(7), "nheads 7"),
+            (
+                CatrConfig::new().with_resnet_blocks([3, 0, 6, 3]),
+                "resnet_blocks[1]",
+            ),
+            (CatrConfig::new().with_max_dim(100_000), "GiB"),
+            (CatrConfig::new().with_dec_layers(100_000), "GiB"),
+            (
+                CatrConfig::new().with_layer_norm_eps(f64::INFINITY),
+                "layer_norm_eps",
+            ),
+        ];
+        for (config, why) in refused {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

@@ -28,7 +28,7 @@ pub struct SynthArgs {
     /// Validation images [default: 300, with --captions 200].
     #[arg(long)]
     val: Option<usize>,
-    /// Image side in pixels.
+    /// Image side in pixels, 16 to 4096.
     #[arg(long, default_value_t = 96)]
     size: u32,
     #[arg(long, default_value_t = 0)]

@@ -26,6 +26,9 @@ pub enum DataError {
     BadName { path: PathBuf, reason: String },
     #[error("{path}: no .jpg, .jpeg or .png images found; point at a folder of images")]
     NoImages { path: PathBuf },
+    /// A setting that cannot be used for `path`.
+    #[error("{path}: {reason}")]
+    Setting { path: PathBuf, reason: String },
     #[error("{path}: no such file or folder")]
     NotFound { path: PathBuf },
 }

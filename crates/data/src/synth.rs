@@ -123,14 +123,29 @@ pub fn render(label: usize, size: u32, rng: &mut Rng) -> (RgbImage, [u32; 4]) {
     (image, [x0, y0, x0 + side, y0 + side])
 }
 
+/// Image sides [`write_synth`] accepts: large enough to draw a shape, small enough that a
+/// typo cannot fill the memory.
+pub const MIN_SIZE: u32 = 16;
+pub const MAX_SIZE: u32 = 4096;
+
 /// Writes the set under `dir` (creating it). Every file is written atomically.
 pub fn write_synth(dir: &Path, config: &SynthConfig) -> Result<(), DataError> {
     let max = SHAPES.len() * COLOURS.len();
+    let refuse = |reason: String| DataError::Setting {
+        path: dir.to_path_buf(),
+        reason,
+    };
     if config.classes < 2 || config.classes > max {
-        return Err(DataError::BadName {
-            path: dir.to_path_buf(),
-            reason: format!("--classes must be between 2 and {max}"),
-        });
+        return Err(refuse(format!(
+            "--classes {} is not between 2 and {max} (the colour and shape pairs there are)",
+            config.classes
+        )));
+    }
+    if !(MIN_SIZE..=MAX_SIZE).contains(&config.size) {
+        return Err(refuse(format!(
+            "--size {} is not between {MIN_SIZE} and {MAX_SIZE} pixels",
+            config.size
+        )));
     }
     for (split, count, stream) in [("train", config.train, 0u64), ("val", config.val, 1)] {
         let split_dir = dir.join(split);

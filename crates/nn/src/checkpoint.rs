@@ -27,6 +27,23 @@ pub enum LoadError {
     Write { path: PathBuf, message: String },
 }
 
+/// The most memory an architecture may claim, weights and one input's activations: room for
+/// ViT-g and ViT-L at 384 pixels, not for the sizes that a damaged or hostile file states.
+pub const MAX_MODEL_BYTES: u64 = 16 << 30;
+
+/// Refuses an architecture whose estimated memory (`bytes`, computed in floating point so
+/// that no size overflows) is over [`MAX_MODEL_BYTES`].
+pub fn check_model_bytes(bytes: f64) -> Result<(), String> {
+    if bytes > MAX_MODEL_BYTES as f64 {
+        return Err(format!(
+            "this architecture needs about {:.0} GiB for its weights and one input, more than the {} GiB gaze allows",
+            bytes / (1u64 << 30) as f64,
+            MAX_MODEL_BYTES >> 30
+        ));
+    }
+    Ok(())
+}
+
 /// On-disk container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {

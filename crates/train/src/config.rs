@@ -98,6 +98,63 @@ impl Default for RunSection {
     }
 }
 
+/// `key`'s `value` is a finite number in `[low, high]` (an end is open where `open` says
+/// so: `(low open, high open)`); else the error names the key, the value and the range.
+pub fn check_number(key: &str, value: f64, [low, high]: [f64; 2], open: (bool, bool)) -> Result<(), String> {
+    let above = if open.0 { value > low } else { value >= low };
+    let below = if open.1 { value < high } else { value <= high };
+    if value.is_finite() && above && below {
+        return Ok(());
+    }
+    let (l, r) = (if open.0 { "(" } else { "[" }, if open.1 { ")" } else { "]" });
+    Err(format!("{key} = {value:?} is outside {l}{low}, {high}{r}"))
+}
+
+/// The learning rates a config may ask for: above 10 no schedule trains.
+const MAX_LR: f64 = 10.0;
+
+impl OptimSection {
+    /// Every number in range and finite.
+    pub fn validate(&self) -> Result<(), String> {
+        let closed = (false, false);
+        check_number("optim.lr", self.lr, [0.0, MAX_LR], (true, false))?;
+        check_number("optim.momentum", self.momentum, [0.0, 1.0], (false, true))?;
+        check_number("optim.weight_decay", self.weight_decay, [0.0, 1.0], closed)?;
+        check_number("optim.betas[0]", self.betas[0], [0.0, 1.0], (false, true))?;
+        check_number("optim.betas[1]", self.betas[1], [0.0, 1.0], (false, true))?;
+        check_number("optim.eps", self.eps, [0.0, 1.0], (true, false))?;
+        check_number(
+            "optim.label_smoothing",
+            self.label_smoothing,
+            [0.0, 1.0],
+            (false, true),
+        )?;
+        if let Some(norm) = self.clip_grad_norm {
+            check_number("optim.clip_grad_norm", norm, [0.0, f64::MAX], (true, false))?;
+        }
+        if self.grad_accum == 0 {
+            return Err("optim.grad_accum = 0; it must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl ScheduleSection {
+    /// At least one epoch; `min_lr` finite, from 0 up to the peak `lr`.
+    pub fn validate(&self, lr: f64) -> Result<(), String> {
+        if self.epochs == 0 {
+            return Err("schedule.epochs = 0; it must be at least 1".into());
+        }
+        check_number("schedule.min_lr", self.min_lr, [0.0, lr], (false, false))
+    }
+}
+
+/// Checks the sections every run shares.
+pub fn validate_sections(optim: &OptimSection, schedule: &ScheduleSection) -> Result<(), String> {
+    optim.validate()?;
+    schedule.validate(optim.lr)
+}
+
 /// A config that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -157,4 +214,46 @@ fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<(), String>
     }
     table.insert(last.to_string(), value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn optim(lr: f64) -> OptimSection {
+        parse_toml(&format!("name = \"sgd\"\nlr = {lr}"), &[]).unwrap()
+    }
+
+    #[test]
+    fn numbers_out_of_range_or_not_finite_are_refused_by_key() {
+        assert_eq!(optim(3e-4).validate(), Ok(()));
+        let bad: [(&str, fn(&mut OptimSection)); 7] = [
+            ("optim.lr = inf", |o| o.lr = f64::INFINITY),
+            ("optim.lr = 1e30", |o| o.lr = 1e30),
+            ("optim.lr = NaN", |o| o.lr = f64::NAN),
+            ("optim.weight_decay = -0.1", |o| o.weight_decay = -0.1),
+            ("optim.momentum = 1", |o| o.momentum = 1.0),
+            ("optim.betas[1] = 1.5", |o| o.betas[1] = 1.5),
+            ("optim.clip_grad_norm = 0", |o| o.clip_grad_norm = Some(0.0)),
+        ];
+        for (want, spoil) in bad {
+            let mut o = optim(3e-4);
+            spoil(&mut o);
+            let err = o.validate().unwrap_err();
+            assert!(err.starts_with(want), "{err}");
+        }
+        let schedule = |min_lr: f64| ScheduleSection {
+            epochs: 1,
+            warmup_steps: 0,
+            decay: Decay::Cosine,
+            min_lr,
+        };
+        assert!(schedule(1e-5).validate(3e-4).is_ok());
+        assert!(
+            schedule(1e-3)
+                .validate(3e-4)
+                .unwrap_err()
+                .contains("schedule.min_lr")
+        );
+    }
 }

@@ -36,7 +36,14 @@ pub fn head_classes(checkpoint: &Checkpoint) -> Option<usize> {
 
 /// The architecture stored by [`save_vit`], if `checkpoint` was written by gaze.
 pub fn stored_vit_config(checkpoint: &Checkpoint) -> Result<Option<VitConfig>, LoadError> {
-    read_metadata(checkpoint, CONFIG_METADATA_KEY)
+    let config: Option<VitConfig> = read_metadata(checkpoint, CONFIG_METADATA_KEY)?;
+    if let Some(Err(e)) = config.as_ref().map(VitConfig::validate) {
+        return Err(LoadError::Read {
+            path: checkpoint.path.clone(),
+            message: format!("the architecture in its {CONFIG_METADATA_KEY} metadata is unusable: {e}"),
+        });
+    }
+    Ok(config)
 }
 
 fn describe(config: &VitConfig) -> String {
@@ -69,6 +76,11 @@ pub fn load_vit(
         })?,
     };
     let config = config.with_classes(num_classes);
+    config.validate().map_err(|e| LoadError::Mismatch {
+        path: path.to_path_buf(),
+        model: describe(&config),
+        details: e,
+    })?;
     let mut model = config.init(device);
     let fresh_head = matches!(head, HeadInit::Fresh { .. });
     if let Some(details) = checkpoint.mismatch(&state_dict_shapes(&model), fresh_head) {

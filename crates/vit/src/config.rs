@@ -103,6 +103,73 @@ impl VitConfig {
         t
     }
 
+    /// Checks every field before anything is allocated: sizes positive, `embed_dim` divisible
+    /// by `num_heads`, the patch no larger than the image, finite preprocessing, and the
+    /// estimated memory of the weights and of one image's forward pass (the bound, not each
+    /// field's, so that large real models load) within
+    /// [`MAX_MODEL_BYTES`](gaze_nn::checkpoint::MAX_MODEL_BYTES).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("img_size[0]", self.img_size[0]),
+            ("img_size[1]", self.img_size[1]),
+            ("patch_size", self.patch_size),
+            ("in_chans", self.in_chans),
+            ("num_classes", self.num_classes),
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0; it must be positive"));
+        }
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
+            return Err(format!(
+                "embed_dim {} does not divide into num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        if self.patch_size > self.img_size[0].min(self.img_size[1]) {
+            return Err(format!(
+                "patch_size {} is larger than img_size {:?}",
+                self.patch_size, self.img_size
+            ));
+        }
+        let finite_positive = [
+            ("mlp_ratio", self.mlp_ratio),
+            ("norm_eps", self.norm_eps),
+            ("crop_pct", self.crop_pct),
+        ];
+        if let Some((name, v)) = finite_positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err(format!("{name} is {v}; it must be a positive number"));
+        }
+        if self.crop_pct > 1.0 {
+            return Err(format!("crop_pct is {}; it must be at most 1", self.crop_pct));
+        }
+        if !(self.mean.iter().all(|m| m.is_finite()) && self.std.iter().all(|s| s.is_finite() && *s > 0.0)) {
+            return Err(format!(
+                "mean {:?} and std {:?} must be finite, std positive",
+                self.mean, self.std
+            ));
+        }
+        gaze_nn::checkpoint::check_model_bytes(self.estimated_bytes())?;
+        Ok(())
+    }
+
+    /// Bytes of the f32 weights plus one image's largest activations (the attention scores
+    /// of all heads and the MLP's hidden tokens), computed in floating point so that no size
+    /// overflows.
+    fn estimated_bytes(&self) -> f64 {
+        let d = self.embed_dim as f64;
+        let hidden = d * self.mlp_ratio;
+        let [gh, gw] = self.grid();
+        let tokens = (gh * gw) as f64 + 1.0;
+        let patch = (self.patch_size * self.patch_size * self.in_chans) as f64;
+        let block = 4.0 * d * d + 2.0 * d * hidden + 9.0 * d + hidden;
+        let weights = self.depth as f64 * block + tokens * d + patch * d + d * self.num_classes as f64;
+        let activations = tokens * tokens * self.num_heads as f64 + tokens * hidden * 2.0;
+        4.0 * (weights + activations)
+    }
+
     /// The same architecture with another number of classes.
     pub fn with_classes(&self, num_classes: usize) -> Self {
         self.clone().with_num_classes(num_classes)
@@ -126,5 +193,37 @@ mod tests {
         assert_eq!(VitConfig::preset("vit_base_patch16_224").unwrap().crop_pct, 0.9);
         assert!(VitConfig::preset("vit_huge_patch14_224").is_none());
         assert!(VitConfig::preset("resnet50").is_none());
+    }
+
+    #[test]
+    fn architectures_are_validated_before_allocation() {
+        let vit_l_384 = VitConfig::new()
+            .with_embed_dim(1024)
+            .with_depth(24)
+            .with_num_heads(16);
+        let vit_g_224 = VitConfig::new()
+            .with_img_size([224, 224])
+            .with_patch_size(14)
+            .with_embed_dim(1408)
+            .with_depth(40)
+            .with_num_heads(16)
+            .with_mlp_ratio(4.364);
+        for fine in [VitConfig::new(), vit_l_384, vit_g_224] {
+            assert_eq!(fine.validate(), Ok(()));
+        }
+        let refused = [
+            (VitConfig::new().with_patch_size(0), "patch_size is 0"),
+            (VitConfig::new().with_num_heads(7), "num_heads 7"),
+            (VitConfig::new().with_img_size([100_000, 100_000]), "GiB"),
+            (VitConfig::new().with_depth(100_000), "GiB"),
+            (VitConfig::new().with_patch_size(500), "larger than img_size"),
+            (VitConfig::new().with_norm_eps(f64::NAN), "norm_eps"),
+            (VitConfig::new().with_crop_pct(1.5), "crop_pct"),
+            (VitConfig::new().with_std([0.5, 0.0, 0.5]), "std"),
+        ];
+        for (config, why) in refused {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

@@ -37,17 +37,17 @@ impl CaptionTrainConfig {
 
     fn validate(&self) -> Result<(), String> {
         self.catr()?;
-        if self.data.batch_size == 0 || self.schedule.epochs == 0 || self.optim.grad_accum != 1 {
-            return Err(
-                "data.batch_size and schedule.epochs must be at least 1; optim.grad_accum must be 1".into(),
-            );
+        if self.data.batch_size == 0 || self.optim.grad_accum != 1 {
+            return Err("data.batch_size must be at least 1 and optim.grad_accum 1".into());
         }
-        Ok(())
+        gaze_train::validate_sections(&self.optim, &self.schedule)
     }
 
     /// The architecture: v3 with `model`'s fields.
     pub fn catr(&self) -> Result<CatrConfig, String> {
-        CatrConfig::from_partial(&serde_json::Value::Object(self.model.clone()))
-            .map_err(|e| format!("[model]: {e}"))
+        let config = CatrConfig::from_partial(&serde_json::Value::Object(self.model.clone()))
+            .map_err(|e| format!("[model]: {e}"))?;
+        config.validate().map_err(|e| format!("[model]: {e}"))?;
+        Ok(config)
     }
 }

@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use gaze_train::{ConfigError, OptimSection, RunSection, ScheduleSection, load_toml, parse_toml};
+use gaze_train::{
+    ConfigError, OptimSection, RunSection, ScheduleSection, check_number, load_toml, parse_toml,
+    validate_sections,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::VitConfig;
@@ -99,6 +102,20 @@ impl Default for AugmentSection {
     }
 }
 
+impl AugmentSection {
+    /// Probabilities in [0, 1], crop scales `0 < low <= high <= 1`, aspect ratios
+    /// `0 < low <= high`, a finite non-negative jitter.
+    pub fn validate(&self) -> Result<(), String> {
+        let closed = (false, false);
+        check_number("augment.hflip", self.hflip, [0.0, 1.0], closed)?;
+        check_number("augment.color_jitter", self.color_jitter, [0.0, 1.0], closed)?;
+        check_number("augment.scale[0]", self.scale[0], [0.0, 1.0], (true, false))?;
+        check_number("augment.scale[1]", self.scale[1], [self.scale[0], 1.0], closed)?;
+        check_number("augment.ratio[0]", self.ratio[0], [0.0, 100.0], (true, false))?;
+        check_number("augment.ratio[1]", self.ratio[1], [self.ratio[0], 100.0], closed)
+    }
+}
+
 impl TrainConfig {
     /// Reads `path`, applies `overrides`, and checks the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
@@ -116,15 +133,11 @@ impl TrainConfig {
         if self.model.init == Init::Pretrained && self.model.weights.is_none() {
             return Err("model.init = \"pretrained\" needs model.weights (a timm checkpoint)".into());
         }
-        if self.data.batch_size == 0 || self.optim.grad_accum == 0 || self.schedule.epochs == 0 {
-            return Err("data.batch_size, optim.grad_accum and schedule.epochs must be at least 1".into());
+        if self.data.batch_size == 0 {
+            return Err("data.batch_size = 0; it must be at least 1".into());
         }
-        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
-            return Err("optim.lr must be positive".into());
-        }
-        if !(0.0..1.0).contains(&self.optim.label_smoothing) {
-            return Err("optim.label_smoothing must be in [0, 1)".into());
-        }
+        validate_sections(&self.optim, &self.schedule)?;
+        self.augment.validate()?;
         self.vit_config().map(|_| ())
     }
 
@@ -158,10 +171,11 @@ impl TrainConfig {
         if let Some(h) = m.num_heads {
             c = c.with_num_heads(h);
         }
-        if c.embed_dim % c.num_heads != 0 || c.img_size[0] % c.patch_size != 0 {
+        c.validate().map_err(|e| format!("model: {e}"))?;
+        if !c.img_size[0].is_multiple_of(c.patch_size) {
             return Err(format!(
-                "model: embed_dim {} must divide by num_heads {}, img_size {} by patch_size {}",
-                c.embed_dim, c.num_heads, c.img_size[0], c.patch_size
+                "model: img_size {} must divide by patch_size {}",
+                c.img_size[0], c.patch_size
             ));
         }
         Ok(c)
