@@ -99,6 +99,37 @@ pub fn load_catr(path: &Path, config: &CatrConfig, device: &Device) -> Result<Ca
     config
         .validate()
         .map_err(|e| mismatch(format!("unusable architecture: {e}")))?;
+    let (h, t) = (config.hidden_dim, "transformer.");
+    let sizes = [
+        (
+            &*format!("{t}embeddings.word_embeddings.weight"),
+            vec![config.vocab_size, h],
+        ),
+        (
+            &*format!("{t}embeddings.position_embeddings.weight"),
+            vec![config.max_position_embeddings, h],
+        ),
+        (
+            &*format!("{t}encoder.layers.0.linear1.weight"),
+            vec![config.dim_feedforward, h],
+        ),
+    ];
+    let stages: Vec<(String, usize)> = (0..4)
+        .map(|i| {
+            (
+                format!("backbone.0.body.layer{}.", i + 1),
+                config.resnet_blocks[i],
+            )
+        })
+        .collect();
+    let mut layers = vec![
+        ("transformer.encoder.layers.", config.enc_layers),
+        ("transformer.decoder.layers.", config.dec_layers),
+    ];
+    layers.extend(stages.iter().map(|(p, n)| (p.as_str(), *n)));
+    if let Some(details) = checkpoint.size_mismatch(&sizes, &layers) {
+        return Err(mismatch(format!("a CATR checkpoint of another size: {details}")));
+    }
     let mut model = config.init(device);
     let expected: BTreeMap<String, Vec<usize>> = state_dict_shapes(&model)
         .into_iter()

@@ -11,6 +11,7 @@ use gaze_records::{CaptionRecord, WordRecord};
 use gaze_viz::Colormap;
 use gaze_viz::figures::{Region, attention_figure};
 
+use crate::outputs::{claim, figure_files, figure_stems};
 use crate::progress::bar;
 
 /// Caption images with CATR and draw where the decoder looked for every word.
@@ -25,7 +26,8 @@ pub struct CaptionArgs {
     /// Image files and/or folders.
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     images: Vec<PathBuf>,
-    /// Output folder; gets <stem>.png per image (and <stem>.json with --json).
+    /// Output folder; gets <stem>.png per image (and <stem>.json with --json); where two
+    /// images share a stem, each is named by its whole file name (a.jpg.png, a.png.png).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Also write <stem>.json: caption, token_ids, feat_grid, attention, words.
@@ -58,7 +60,22 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
         }
         None => stored_config(&args.weights)?.unwrap_or_else(CatrConfig::v3),
     };
+    let paths = collect_images(&args.images)?;
+    let stems = figure_stems(&paths)?;
+    let inputs = [&args.weights, &args.vocab]
+        .into_iter()
+        .chain(&args.arch)
+        .chain(&paths);
+    claim(
+        inputs.map(PathBuf::as_path),
+        &figure_files(&args.out, &stems, args.json),
+    )?;
+    ensure_readable(&paths)?;
     let vocab = Vocab::from_file(&args.vocab)?;
+    let device = gaze_nn::parse_device(&args.device)?;
+    // The weights first: a file that is no CATR checkpoint says so before the vocabulary
+    // is compared with it.
+    let model = load_catr(&args.weights, &config, &device)?;
     if vocab.len() != config.vocab_size {
         bail!(
             "{}: {} word pieces, but the model has {}; use the vocabulary the checkpoint was trained with (bert-base-uncased for the published CATR)",
@@ -67,15 +84,11 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
             config.vocab_size
         );
     }
-    let paths = collect_images(&args.images)?;
-    ensure_readable(&paths)?;
-    let device = gaze_nn::parse_device(&args.device)?;
-    let model = load_catr(&args.weights, &config, &device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: could not create", args.out.display()))?;
     let captioner = model.captioner();
     let progress = bar(paths.len(), "caption");
-    for path in &paths {
+    for (path, stem) in paths.iter().zip(&stems) {
         let (resized, pixels) = preprocess(&load_rgb(path)?, config.max_dim);
         let (w, h) = resized.dimensions();
         let input = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h as usize, w as usize]), &device);
@@ -116,10 +129,6 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
             Colormap::Viridis,
             args.columns,
         );
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let grid = |row: &[f32]| row.chunks(gw).map(<[f32]>::to_vec).collect::<Vec<_>>();
         let json = CaptionRecord {
             caption: text,
@@ -138,7 +147,7 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
                 })
                 .collect(),
         };
-        crate::figures::write_figure(&args.out, &stem, &figure, args.json.then_some(&json))?;
+        crate::figures::write_figure(&args.out, stem, &figure, args.json.then_some(&json))?;
         progress.inc(1);
     }
     progress.finish_and_clear();

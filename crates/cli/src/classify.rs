@@ -12,6 +12,7 @@ use gaze_nn::{argmax, parse_device};
 use gaze_records::{Prediction, predictions_csv};
 use gaze_vit::{VisionTransformer, VitConfig, classification_metrics, classify_files, load_pretrained};
 
+use crate::outputs::{check_writable_parent, claim};
 use crate::progress::bar;
 
 /// Where the weights come from and where they run.
@@ -65,6 +66,17 @@ impl ModelArgs {
             |n| progress.inc(n as u64),
         )?;
         progress.finish_and_clear();
+        if let Some((path, _)) = paths
+            .iter()
+            .zip(&logits)
+            .find(|(_, l)| l.iter().any(|v| !v.is_finite()))
+        {
+            bail!(
+                "{}: the model's outputs for this image are not finite numbers; {} holds weights that are not (NaN or infinite)",
+                path.display(),
+                self.weights.display()
+            );
+        }
         Ok((logits, config.num_classes))
     }
 }
@@ -89,28 +101,15 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, bytes).with_context(|| format!("{}: could not write", path.display()))
 }
 
-pub fn check_writable_parent(path: &Path) -> Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!(
-            "{}: folder {} does not exist; create it first",
-            path.display(),
-            parent.display()
-        );
-    }
-    Ok(())
-}
-
 pub fn predict(args: PredictArgs) -> Result<()> {
-    check_writable_parent(&args.out)?;
-    if let Some(json) = &args.json {
-        check_writable_parent(json)?;
+    let outputs: Vec<PathBuf> = std::iter::once(&args.out).chain(&args.json).cloned().collect();
+    for output in &outputs {
+        check_writable_parent(output)?;
     }
     let mut paths = collect_images(&args.images)?;
     paths.sort_by_key(|p| display_name(p));
+    let inputs = std::iter::once(&args.model.weights).chain(&paths);
+    claim(inputs.map(PathBuf::as_path), &outputs)?;
     let (logits, _) = args.model.logits(&paths, "predict")?;
     let predictions: Vec<Prediction> = paths
         .iter()
@@ -147,11 +146,14 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    if let Some(json) = &args.json {
-        check_writable_parent(json)?;
+    let outputs: Vec<PathBuf> = args.json.iter().cloned().collect();
+    for output in &outputs {
+        check_writable_parent(output)?;
     }
     let images = labeled_images(&args.data)?;
     let paths: Vec<PathBuf> = images.iter().map(|i| i.path.clone()).collect();
+    let inputs = std::iter::once(&args.model.weights).chain(&paths);
+    claim(inputs.map(PathBuf::as_path), &outputs)?;
     let labels: Vec<usize> = images.iter().map(|i| i.label).collect();
     let (logits, num_classes) = args.model.logits(&paths, "eval")?;
     if let Some(bad) = images.iter().find(|i| i.label >= num_classes) {

@@ -15,7 +15,7 @@ use gaze_viz::figures::{Region, attention_figure, posembed_figure};
 use gaze_viz::{Colormap, save_png};
 use serde::Serialize;
 
-use crate::classify::check_writable_parent;
+use crate::outputs::{check_writable_parent, claim, figure_files, figure_stems};
 use crate::progress::bar;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,10 +53,11 @@ pub struct PosembedArgs {
 }
 
 pub fn posembed(args: PosembedArgs) -> Result<()> {
-    check_writable_parent(&args.out)?;
-    if let Some(npy) = &args.npy {
-        check_writable_parent(npy)?;
+    let outputs: Vec<PathBuf> = std::iter::once(&args.out).chain(&args.npy).cloned().collect();
+    for output in &outputs {
+        check_writable_parent(output)?;
     }
+    claim([args.weights.as_path()], &outputs)?;
     let device = parse_device("auto")?;
     let (model, config) = load_classifier(&args.weights, args.model.as_deref(), &device)?;
     let (rows, dim) = model.patch_pos_embed();
@@ -93,7 +94,8 @@ pub struct AttentionArgs {
     /// Image files and/or folders.
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     images: Vec<PathBuf>,
-    /// Output folder; gets <stem>.png per image (and <stem>.json with --json).
+    /// Output folder; gets <stem>.png per image (and <stem>.json with --json); where two
+    /// images share a stem, each is named by its whole file name (a.jpg.png, a.png.png).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Also write <stem>.json: grid, cls_attention (row-major), label, probability.
@@ -121,7 +123,8 @@ pub struct AttentionArgs {
     device: String,
 }
 
-/// Writes `DIR/<stem>.png`, and `DIR/<stem>.json` when given, each atomically.
+/// Writes `DIR/<stem>.png`, and `DIR/<stem>.json` when given, each atomically (the
+/// command has [`claim`]ed them).
 pub fn write_figure(
     dir: &Path,
     stem: &str,
@@ -144,14 +147,16 @@ fn read_class_names(path: &Path) -> Result<Vec<String>> {
 }
 
 pub fn attention(args: AttentionArgs) -> Result<()> {
-    if !args.out.is_dir() {
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("{}: could not create", args.out.display()))?;
-    }
     if !(0.0..1.0).contains(&args.discard_ratio) {
         bail!("--discard-ratio must be in [0, 1), got {}", args.discard_ratio);
     }
     let paths = collect_images(&args.images)?;
+    let stems = figure_stems(&paths)?;
+    let inputs = [&args.weights].into_iter().chain(&args.class_names).chain(&paths);
+    claim(
+        inputs.map(PathBuf::as_path),
+        &figure_files(&args.out, &stems, args.json),
+    )?;
     ensure_readable(&paths)?;
     let names = args.class_names.as_deref().map(read_class_names).transpose()?;
     let device = parse_device(&args.device)?;
@@ -185,8 +190,10 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
         (false, Heads::All) => ClsMaps::EveryHead { layer },
         (false, _) => ClsMaps::Fused { layer, fusion },
     };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: could not create", args.out.display()))?;
     let progress = bar(paths.len(), "attention");
-    for path in &paths {
+    for (path, stem) in paths.iter().zip(&stems) {
         let image = load_rgb(path)?;
         let seen = explain(&model, &config, &image, &device);
         let maps = cls_maps(&seen.attentions, seen.heads, seen.tokens, 1, which);
@@ -217,10 +224,6 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
             args.colormap.into(),
             columns,
         );
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let json = AttentionRecord {
             grid: seen.grid,
             cls_attention: maps[0].1.clone(),
@@ -228,7 +231,7 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
             name,
             probability,
         };
-        write_figure(&args.out, &stem, &figure, args.json.then_some(&json))?;
+        write_figure(&args.out, stem, &figure, args.json.then_some(&json))?;
         progress.inc(1);
     }
     progress.finish_and_clear();

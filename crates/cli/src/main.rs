@@ -7,6 +7,7 @@ mod caption;
 mod classify;
 mod compare;
 mod figures;
+mod outputs;
 mod progress;
 mod synth;
 mod train;
@@ -22,6 +23,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Refuse images of more pixels (width x height) than this, checked from the file's
+    /// header before decoding.
+    #[arg(long, global = true, value_name = "PIXELS", default_value_t = gaze_data::decode::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     allocator::keep_freed_memory();
     let cli = Cli::parse();
+    gaze_data::decode::set_max_pixels(cli.max_pixels);
     let result = match cli.command {
         Command::Predict(args) => classify::predict(args),
         Command::Eval(args) => classify::eval(args),

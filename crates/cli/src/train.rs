@@ -133,6 +133,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     let config = TrainConfig::load(&args.run.config, &overrides)?;
     let (out, device, options) = args.run.prepare(args.skip_bad)?;
+    let outputs = ["best.safetensors", "config.toml", "metrics.csv", "summary.json"].map(|f| out.join(f));
+    crate::outputs::claim(config.model.weights.iter().map(PathBuf::as_path), &outputs)?;
     let mut progress = Progress {
         bar: None,
         terminal: std::io::stderr().is_terminal(),

@@ -3,12 +3,10 @@ use std::path::{Path, PathBuf};
 /// Everything that can go wrong between a path and a tensor. Each message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The operating system's error is part of the message, not a separate source, so
+    /// that a chain of errors prints it once.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a readable image ({reason}); re-export it as JPEG or PNG or remove it")]
     Decode { path: PathBuf, reason: String },
     #[error(
@@ -42,7 +40,7 @@ impl DataError {
         } else {
             DataError::Io {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             }
         }
     }

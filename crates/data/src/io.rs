@@ -69,12 +69,16 @@ pub fn refuse_inputs(outputs: &[PathBuf]) -> std::io::Result<()> {
     for (i, path) in outputs.iter().enumerate() {
         refuse_input(path)?;
         if let Some(other) = outputs[..i].iter().find(|o| same_path(o, path)) {
+            let also = if other == path {
+                String::new()
+            } else {
+                format!(" (also named {})", other.display())
+            };
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 format!(
-                    "{}: two outputs would be written to this file (also as {}); give them different names",
-                    path.display(),
-                    other.display()
+                    "{}: two outputs would be written to this file{also}; give them different names",
+                    path.display()
                 ),
             ));
         }

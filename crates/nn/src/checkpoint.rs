@@ -171,6 +171,39 @@ impl Checkpoint {
         })
     }
 
+    /// Compares the tensors that fix an architecture's size (`shapes`, PyTorch shapes; those
+    /// the file lacks are left to [`Checkpoint::mismatch`]) and the number of layers under
+    /// each `(prefix, count)` of `layers` (`blocks.` holding `blocks.0.`, `blocks.1.`, ...)
+    /// with the file, so that a wrong architecture is refused before it is allocated.
+    /// `None` when they agree, else one line of what differs.
+    pub fn size_mismatch(&self, shapes: &[(&str, Vec<usize>)], layers: &[(&str, usize)]) -> Option<String> {
+        let wrong: Vec<String> = shapes
+            .iter()
+            .filter_map(|(name, want)| {
+                let have = self.shapes.get(*name)?;
+                (have != want).then(|| format!("{name} is {have:?}, expected {want:?}"))
+            })
+            .collect();
+        let mut found = Vec::new();
+        if !wrong.is_empty() {
+            found.push(format!("{} wrongly shaped ({})", wrong.len(), wrong.join("; ")));
+        }
+        for (prefix, want) in layers {
+            let indices: std::collections::BTreeSet<&str> = self
+                .shapes
+                .keys()
+                .filter_map(|k| k.strip_prefix(prefix)?.split('.').next())
+                .collect();
+            if !indices.is_empty() && indices.len() != *want {
+                found.push(format!(
+                    "{} layers under {prefix}, expected {want}",
+                    indices.len()
+                ));
+            }
+        }
+        (!found.is_empty()).then(|| found.join("; "))
+    }
+
     /// Compares with the tensors a model expects (names and PyTorch shapes, e.g. from
     /// [`state_dict_shapes`]); `None` when they agree, else a one-line list of what is
     /// missing, unexpected or wrongly shaped. With `ignore_head`, `head.*` is not compared.

@@ -76,11 +76,23 @@ pub fn load_vit(
         })?,
     };
     let config = config.with_classes(num_classes);
-    config.validate().map_err(|e| LoadError::Mismatch {
+    let mismatch = |details: String| LoadError::Mismatch {
         path: path.to_path_buf(),
         model: describe(&config),
-        details: e,
-    })?;
+        details,
+    };
+    config.validate().map_err(mismatch)?;
+    let (d, c, p) = (config.embed_dim, config.in_chans, config.patch_size);
+    let hidden = (d as f64 * config.mlp_ratio) as usize;
+    let sizes = [
+        ("pos_embed", vec![1, config.num_tokens(), d]),
+        ("patch_embed.proj.weight", vec![d, c, p, p]),
+        ("blocks.0.attn.qkv.weight", vec![3 * d, d]),
+        ("blocks.0.mlp.fc1.weight", vec![hidden, d]),
+    ];
+    if let Some(details) = checkpoint.size_mismatch(&sizes, &[("blocks.", config.depth)]) {
+        return Err(mismatch(details));
+    }
     let mut model = config.init(device);
     let fresh_head = matches!(head, HeadInit::Fresh { .. });
     if let Some(details) = checkpoint.mismatch(&state_dict_shapes(&model), fresh_head) {
