@@ -224,6 +224,28 @@ fn training_skips_over_budget_images_and_refuses_nonsense_settings() {
     refused(&out, &["1_99999.jpg", "16000x16000", "--skip-bad"]);
     assert!(!dir.join("refusing").exists(), "a failed run leaves no folder");
 
+    // Weights that are not numbers make a loss that is not one: the run stops, naming it.
+    let weights = reduced_gaze_weights(&dir);
+    let (header, data) = split_safetensors(&weights);
+    let nan: Vec<u8> = data
+        .chunks_exact(4)
+        .flat_map(|_| f32::NAN.to_le_bytes())
+        .collect();
+    let nan_weights = dir.join("nan.safetensors");
+    join_safetensors(&nan_weights, &header, &nan);
+    let reduced = ["model.img_size=64", "model.patch_size=16"];
+    let out = train(
+        "diverging",
+        &[&["--skip-bad", "--init", s(&nan_weights)][..], &reduced].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("epoch 1, batch 1, step 1: the loss is NaN"),
+        "{stderr}"
+    );
+
     for (setting, needle) in [
         ("optim.lr=inf", "optim.lr = inf"),
         ("optim.lr=1e30", "optim.lr = 1e30"),

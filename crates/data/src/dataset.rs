@@ -56,25 +56,31 @@ pub fn find_unreadable(paths: &[PathBuf]) -> Vec<(usize, DataError)> {
         .collect()
 }
 
-/// Fails with every unreadable image listed (the first ten named).
+/// Fails with every unreadable image listed ([`unreadable`]).
 pub fn ensure_readable(paths: &[PathBuf]) -> Result<(), DataError> {
-    let failures = find_unreadable(paths);
-    match failures.len() {
-        0 => Ok(()),
-        1 => Err(failures.into_iter().next().unwrap().1),
+    match find_unreadable(paths) {
+        failures if failures.is_empty() => Ok(()),
+        failures => Err(unreadable(&failures, "")),
+    }
+}
+
+/// One error for the images that [`find_unreadable`] found: each one's own message (the
+/// first ten), then `hint`, what the command offers beyond fixing or removing them.
+pub fn unreadable(failures: &[(usize, DataError)], hint: &str) -> DataError {
+    let listed: Vec<String> = failures.iter().take(10).map(|(_, e)| e.to_string()).collect();
+    let message = match failures.len() {
+        1 => listed.join(""),
         n => {
-            let listed: Vec<String> = failures.iter().take(10).map(|(_, e)| e.to_string()).collect();
             let more = if n > 10 {
                 format!(" and {} more", n - 10)
             } else {
                 String::new()
             };
-            let first = &paths[failures[0].0];
-            Err(DataError::Decode {
-                path: first.parent().unwrap_or(first).to_path_buf(),
-                reason: format!("{n} unreadable images ({}{more})", listed.join("; ")),
-            })
+            format!("{n} unreadable images: {}{more}", listed.join("; "))
         }
+    };
+    DataError::Unreadable {
+        message: format!("{message}{hint}"),
     }
 }
 

@@ -24,6 +24,9 @@ pub enum DataError {
     BadName { path: PathBuf, reason: String },
     #[error("{path}: no .jpg, .jpeg or .png images found; point at a folder of images")]
     NoImages { path: PathBuf },
+    /// Images that could not be read, each named with its reason ([`crate::dataset::unreadable`]).
+    #[error("{message}")]
+    Unreadable { message: String },
     /// A setting that cannot be used for `path`.
     #[error("{path}: {reason}")]
     Setting { path: PathBuf, reason: String },

@@ -6,7 +6,8 @@
 //! the task's model files, `summary.json`, and `last/`, the resumable checkpoint (weights and
 //! optimizer state as burnpack files, which keep parameter identities, and `state.json` with
 //! the position in the data, the metrics so far and the running sums). `last/` is replaced
-//! whole, so a run killed at any moment resumes from the last one written.
+//! by renames, so a run killed at any moment resumes from the newest one complete, and a
+//! [`RunFolder`] lock keeps a second run out while one writes.
 
 mod compare;
 mod config;

@@ -4,7 +4,9 @@ use std::path::Path;
 
 use gaze_data::augment::TrainTransform;
 use gaze_data::rng::Rng;
-use gaze_data::{DataError, EvalTransform, LabeledImage, find_unreadable, labeled_images, load_rgb};
+use gaze_data::{
+    DataError, EvalTransform, LabeledImage, find_unreadable, labeled_images, load_rgb, unreadable,
+};
 use rayon::prelude::*;
 
 use super::TrainConfig;
@@ -33,20 +35,7 @@ pub fn scan_images(dir: &Path, num_classes: usize, skip_bad: bool) -> Result<Sca
         return Ok(ScanReport { images, skipped: 0 });
     }
     if !skip_bad {
-        let listed: Vec<String> = failures.iter().take(10).map(|(_, e)| e.to_string()).collect();
-        let more = if failures.len() > 10 {
-            format!(" and {} more", failures.len() - 10)
-        } else {
-            String::new()
-        };
-        return Err(DataError::Decode {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "{} unreadable images ({}{more}); fix or remove them, or pass --skip-bad",
-                failures.len(),
-                listed.join("; ")
-            ),
-        });
+        return Err(unreadable(&failures, "; fix or remove them, or pass --skip-bad"));
     }
     let bad: std::collections::HashSet<usize> = failures.iter().map(|(i, _)| *i).collect();
     let kept = images
