@@ -6,12 +6,12 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use gaze_caption::{CatrConfig, Vocab, load_catr, preprocess, stored_config, words};
-use gaze_data::{collect_images, ensure_readable, load_rgb};
+use gaze_data::{collect_images, ensure_readable, figure_stems, load_rgb};
 use gaze_records::{CaptionRecord, WordRecord};
 use gaze_viz::Colormap;
 use gaze_viz::figures::{Region, attention_figure};
 
-use crate::outputs::{claim, figure_files, figure_stems};
+use crate::outputs::{claim, figure_files};
 use crate::progress::bar;
 
 /// Caption images with CATR and draw where the decoder looked for every word.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use gaze_data::{collect_images, ensure_readable, load_rgb, write_atomic, write_npy_f32};
+use gaze_data::{collect_images, ensure_readable, figure_stems, load_rgb, write_atomic, write_npy_f32};
 use gaze_nn::parse_device;
 use gaze_vit::explain;
 
@@ -15,7 +15,7 @@ use gaze_viz::figures::{Region, attention_figure, posembed_figure};
 use gaze_viz::{Colormap, save_png};
 use serde::Serialize;
 
-use crate::outputs::{check_writable_parent, claim, figure_files, figure_stems};
+use crate::outputs::{check_writable_parent, claim, figure_files};
 use crate::progress::bar;
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -497,7 +497,7 @@ fn no_output_replaces_an_input() {
         "--out",
         s(&dir.join("twice")),
     ]);
-    refused(&out, &["would both be drawn as good.png"]);
+    refused(&out, &["both would be drawn as good.png"]);
     assert!(!dir.join("twice").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -45,6 +45,45 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     Ok(images)
 }
 
+/// One figure name (no extension) per image: its file stem, or its whole file name where
+/// stems collide (`a.png` and `a.jpg` give `a.png` and `a.jpg`, whatever the order). Two
+/// images of one file name (from two folders) are refused, naming both.
+pub fn figure_stems(paths: &[PathBuf]) -> Result<Vec<String>, DataError> {
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut stem_count: std::collections::BTreeMap<String, usize> = Default::default();
+    for path in paths {
+        *stem_count.entry(stem(path)).or_default() += 1;
+    }
+    let mut taken: std::collections::BTreeMap<String, &Path> = Default::default();
+    let mut stems = Vec::with_capacity(paths.len());
+    for path in paths {
+        let chosen = match stem_count[&stem(path)] {
+            1 => stem(path),
+            _ => name(path),
+        };
+        if let Some(other) = taken.insert(chosen.clone(), path) {
+            return Err(DataError::Setting {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{} has the same name; both would be drawn as {chosen}.png: rename one or run them separately",
+                    other.display()
+                ),
+            });
+        }
+        stems.push(chosen);
+    }
+    Ok(stems)
+}
+
 /// Decodes every image once, in parallel, and returns the ones that fail, by position, so
 /// that a run can refuse bad input before it writes anything.
 pub fn find_unreadable(paths: &[PathBuf]) -> Vec<(usize, DataError)> {
@@ -142,6 +181,18 @@ pub fn labeled_images(dir: &Path) -> Result<Vec<LabeledImage>, DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figure_names_stay_unique() {
+        let paths: Vec<PathBuf> = ["d/a.png", "d/a.jpg", "d/b.jpg"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(figure_stems(&paths).unwrap(), ["a.png", "a.jpg", "b"]);
+        let twice: Vec<PathBuf> = ["d/x.png", "e/x.png"].iter().map(PathBuf::from).collect();
+        let err = figure_stems(&twice).unwrap_err().to_string();
+        assert!(err.contains("d/x.png") && err.contains("e/x.png"), "{err}");
+    }
 
     #[test]
     fn labels_parse_from_names() {

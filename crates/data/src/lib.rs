@@ -24,8 +24,8 @@ pub mod synth;
 pub mod transform;
 
 pub use dataset::{
-    LabeledImage, collect_images, display_name, ensure_readable, find_unreadable, labeled_images,
-    parse_label, unreadable,
+    LabeledImage, collect_images, display_name, ensure_readable, figure_stems, find_unreadable,
+    labeled_images, parse_label, unreadable,
 };
 pub use decode::load_rgb;
 pub use error::DataError;
