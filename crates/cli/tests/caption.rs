@@ -6,12 +6,7 @@ use std::path::PathBuf;
 
 use common::*;
 
-fn catr_fixtures() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../caption/tests/fixtures")
-}
-
-const SMALL: &str = r#"{"resnet_blocks":[1,1,2,2],"resnet_width":8,"dilation":true,"hidden_dim":32,"nheads":4,
-"enc_layers":2,"dec_layers":2,"dim_feedforward":64,"vocab_size":140,"max_position_embeddings":128,"layer_norm_eps":1e-12}"#;
+const SMALL: &str = CATR_SMALL_ARCH;
 
 #[test]
 fn captions_maps_and_failures() {

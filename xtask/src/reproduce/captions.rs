@@ -8,45 +8,69 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use gaze_records::{CaptionRecord, CaptionSummary, SceneRecord};
 
-use super::Summary;
-use super::report::Section;
-use super::runner::{Runner, arg, read_json, up_to_date};
+use super::report::{Section, escape};
+use super::runner::{Runner, arg, read_json};
+use super::{Captioned, Summary};
 
-/// Captions every image of `images` with the published CATR checkpoint.
-pub fn published(r: &mut Runner, out: &Path, images: &Path, weights: &Path, vocab: &Path) -> Result<Section> {
+/// A CATR checkpoint, its vocabulary, and its architecture when it is not v3's.
+pub struct Model<'a> {
+    pub weights: &'a Path,
+    pub vocab: &'a Path,
+    pub arch: Option<&'a Path>,
+}
+
+/// Captions every image of `images` with `model`: one figure per image, named after it.
+pub fn published(
+    r: &mut Runner,
+    out: &Path,
+    images: &Path,
+    model: &Model,
+    summary: &mut Summary,
+) -> Result<Section> {
     let cap_dir = out.join("figures/captions");
-    let marker = cap_dir.join(".done");
-    let inputs = [weights.to_path_buf(), vocab.to_path_buf()];
-    // One PNG per image whose names are only known after listing: a marker stands for them.
-    if up_to_date(std::slice::from_ref(&marker), &inputs) {
-        r.skip("caption attention");
-    } else {
-        r.step(
-            "caption attention",
-            &inputs,
-            &[],
-            &[
-                "caption".into(),
-                "--weights".into(),
-                arg(weights),
-                "--vocab".into(),
-                arg(vocab),
-                "--images".into(),
-                arg(images),
-                "--out".into(),
-                arg(&cap_dir),
-                "--json".into(),
-            ],
-        )?;
-        gaze_data::write_atomic(&marker, b"")?;
+    let files = gaze_data::collect_images(&[images.to_path_buf()])?;
+    let stems = gaze_data::figure_stems(&files)?;
+    let pngs: Vec<PathBuf> = stems.iter().map(|s| cap_dir.join(format!("{s}.png"))).collect();
+    let mut inputs = vec![
+        model.weights.to_path_buf(),
+        model.vocab.to_path_buf(),
+        images.to_path_buf(),
+    ];
+    let mut args = vec![
+        "caption".into(),
+        "--weights".into(),
+        arg(model.weights),
+        "--vocab".into(),
+        arg(model.vocab),
+    ];
+    if let Some(arch) = model.arch {
+        args.extend(["--arch".into(), arg(arch)]);
+        inputs.push(arch.to_path_buf());
     }
-    let pngs: Vec<PathBuf> = std::fs::read_dir(&cap_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
+    args.extend([
+        "--images".into(),
+        arg(images),
+        "--out".into(),
+        arg(&cap_dir),
+        "--json".into(),
+    ]);
+    r.step("caption attention", &inputs, &pngs, &args)?;
+    let mut lines = Vec::new();
+    for (file, stem) in files.iter().zip(&stems) {
+        let record: CaptionRecord = read_json(&cap_dir.join(format!("{stem}.json")))?;
+        let name = gaze_data::display_name(file);
+        lines.push(format!("- **{}**: {}", escape(&name), escape(&record.caption)));
+        summary.captions.push(Captioned {
+            file: name,
+            caption: record.caption,
+        });
+    }
     Ok(Section::new(
         "Caption attention",
-        "CATR v3, greedy decoding; one panel per word.",
+        format!(
+            "CATR, greedy decoding; per image the picture, then one panel per word (last decoder layer's cross-attention, mean over heads) and one for the end token.\n\n{}",
+            lines.join("\n")
+        ),
         pngs,
     ))
 }
@@ -67,7 +91,7 @@ pub fn synthetic(root: &Path, out: &Path, r: &mut Runner, summary: &mut Summary)
     let config = root.join("configs/caption/synth_catr.toml");
     let run = out.join("catr");
     let (weights, run_summary) = (run.join("model.safetensors"), run.join("summary.json"));
-    let mut train_args = vec![
+    let train_args = vec![
         "caption-train".into(),
         "--config".into(),
         arg(&config),
@@ -75,19 +99,21 @@ pub fn synthetic(root: &Path, out: &Path, r: &mut Runner, summary: &mut Summary)
         arg(&run),
         format!("data.dir=\"{}\"", scenes.display()),
     ];
-    if run.join("last").exists() {
-        train_args.push("--resume".into());
-    }
-    r.step(
+    r.train(
         "train the captioner",
-        &[config, vocab.clone(), val_dir.join("captions.json")],
+        &[config, scenes.join("train"), val_dir.clone()],
         &[run_summary.clone(), weights.clone()],
         &train_args,
     )?;
-    let curves = r.learning_curves("captioner learning curves", &run, &out.join("compare-caption"))?;
+    let (_, curves) = r.compare(
+        "captioner learning curves",
+        std::slice::from_ref(&run),
+        &out.join("compare-caption"),
+    )?;
     let shown: Vec<String> = (0..5).map(|i| format!("{i:05}")).collect();
     let cap_dir = out.join("figures/captions");
     let pngs: Vec<PathBuf> = shown.iter().map(|s| cap_dir.join(format!("{s}.png"))).collect();
+    let images: Vec<PathBuf> = shown.iter().map(|s| val_dir.join(format!("{s}.png"))).collect();
     let mut caption_args = vec![
         "caption".into(),
         "--weights".into(),
@@ -99,10 +125,11 @@ pub fn synthetic(root: &Path, out: &Path, r: &mut Runner, summary: &mut Summary)
         "--json".into(),
         "--images".into(),
     ];
-    caption_args.extend(shown.iter().map(|s| arg(&val_dir.join(format!("{s}.png")))));
+    caption_args.extend(images.iter().map(|p| arg(p)));
+    let inputs = [vec![weights.clone(), vocab.clone()], images].concat();
     r.step(
         "caption attention (5 held-out scenes)",
-        std::slice::from_ref(&weights),
+        &inputs,
         &pngs,
         &caption_args,
     )?;
@@ -119,21 +146,25 @@ pub fn synthetic(root: &Path, out: &Path, r: &mut Runner, summary: &mut Summary)
         let got: CaptionRecord = read_json(&cap_dir.join(format!("{s}.json")))?;
         let want = references.get(&name).map_or("", |r| r.caption.as_str());
         let mark = if got.caption.eq_ignore_ascii_case(want) {
-            "ok"
+            "right"
         } else {
             "WRONG"
         };
         lines.push(format!(
-            "{name}: \"{}\" (reference \"{want}\", {mark})",
-            got.caption
+            "- **{name}**: {} (reference: {}; {mark})",
+            escape(&got.caption),
+            escape(want)
         ));
+        summary.captions.push(Captioned {
+            file: name,
+            caption: got.caption,
+        });
     }
     Ok(Section::new(
         "Caption attention",
         format!(
-            "A small CATR-architecture model (configs/caption/synth_catr.toml) trained from scratch on {} synthetic scenes with teacher forcing; greedy decoding, one panel per word (last decoder layer's cross-attention, mean over heads). The curve is the teacher-forced validation token accuracy per epoch.\n\
-             Held-out scenes captioned exactly: {:.1} % of {}.\n\
-             Pointing check: for {} colour and shape words of exactly captioned scenes, the attention peak lies inside the named object's box {:.1} % of the time (a random cell would: {:.1} %).\n\n{}",
+            "A small CATR-architecture model (`configs/caption/synth_catr.toml`) trained from scratch on {} synthetic scenes with teacher forcing; greedy decoding, one panel per word (last decoder layer's cross-attention, mean over heads). The curve is the teacher-forced validation token accuracy per epoch.\n\n\
+             Held-out scenes captioned exactly: **{:.1} %** of {}. Pointing check: for {} colour and shape words of exactly captioned scenes, the attention peak lies inside the named object's box {:.1} % of the time (a random cell would: {:.1} %).\n\n{}",
             trained.train_images,
             100.0 * scores.exact_match,
             scores.images,

@@ -8,9 +8,12 @@ use anyhow::{Result, bail};
 use gaze_data::boxes::{attention_share_in_box, box_area_share};
 use gaze_records::{AttentionRecord, ClassificationMetrics};
 
-use super::Summary;
-use super::report::Section;
+use super::report::{Section, escape, table};
 use super::runner::{Runner, arg, read_json};
+use super::{Mode, NamedImage, REFERENCE_ACCURACY, REPRODUCTION_BAND, Summary};
+
+/// The three validation images whose attention the assignment asks for.
+pub const NAMED_IMAGES: [&str; 3] = ["26_5064.jpg", "29_4718.jpg", "31_4838.jpg"];
 
 /// Where the classification half reads and writes.
 pub struct Classification<'a> {
@@ -19,6 +22,8 @@ pub struct Classification<'a> {
     /// The course data root (`p1_data` inside), or `None` for the synthetic set.
     pub data: Option<&'a Path>,
     pub vit_weights: Option<&'a Path>,
+    /// `--set` overrides of the training config.
+    pub overrides: &'a [String],
 }
 
 impl Classification<'_> {
@@ -26,37 +31,71 @@ impl Classification<'_> {
         self.data.is_none()
     }
 
-    /// Runs every step, fills in `summary` and returns the report's sections.
-    pub fn run(&self, r: &mut Runner, summary: &mut Summary) -> Result<Vec<Section>> {
-        let (out, figures, vit) = (self.out, self.out.join("figures"), self.out.join("vit"));
-        let (data_root, config) = self.data_and_config(r)?;
-        let (train_dir, val_dir) = (data_root.join("train"), data_root.join("val"));
-        let best = vit.join("best.safetensors");
-        let mut train_args = vec![
+    /// The folder holding `train/` and `val/`.
+    pub fn data_root(&self) -> PathBuf {
+        match self.data {
+            Some(d) => d.join("p1_data"),
+            None => self.out.join("data/synth"),
+        }
+    }
+
+    /// The recipe's config: the course's, or the synthetic set's small ViT.
+    pub fn config(&self) -> PathBuf {
+        self.root.join(if self.synthetic() {
+            "configs/synth_vit_tiny.toml"
+        } else {
+            "configs/vit_s16_384_pets.toml"
+        })
+    }
+
+    /// `gaze train` of `config` into `run` on this reproduction's data, from `init` weights
+    /// if given, with the `--set` overrides and then `extra` ones.
+    pub fn train(
+        &self,
+        r: &mut Runner,
+        name: &str,
+        (config, init): (&Path, Option<&Path>),
+        run: &Path,
+        extra: &[String],
+    ) -> Result<()> {
+        let data_root = self.data_root();
+        let mut args = vec![
             "train".into(),
             "--config".into(),
-            arg(&config),
+            arg(config),
             "--data".into(),
             arg(&data_root),
             "--out".into(),
-            arg(&vit),
+            arg(run),
         ];
-        if let Some(w) = self.vit_weights {
-            train_args.extend(["--init".into(), arg(w)]);
+        let mut inputs = vec![
+            config.to_path_buf(),
+            data_root.join("train"),
+            data_root.join("val"),
+        ];
+        if let Some(weights) = init {
+            args.extend(["--init".into(), arg(weights)]);
+            inputs.push(weights.to_path_buf());
         }
-        if vit.join("last").exists() {
-            train_args.push("--resume".into());
-        }
-        r.step(
-            "train the ViT",
-            &[config.clone(), train_dir.clone(), val_dir.clone()],
-            &[vit.join("summary.json"), best.clone()],
-            &train_args,
-        )?;
+        args.extend(self.overrides.iter().chain(extra).cloned());
+        let outputs = [run.join("summary.json"), run.join("best.safetensors")];
+        r.train(name, &inputs, &outputs, &args)
+    }
+
+    /// Runs every step, fills in `summary`, appends the report's sections and returns the
+    /// recipe's run folder.
+    pub fn run(&self, r: &mut Runner, summary: &mut Summary, sections: &mut Vec<Section>) -> Result<PathBuf> {
+        let (figures, vit) = (self.out.join("figures"), self.out.join("vit"));
+        self.prepare_data(r)?;
+        let data_root = self.data_root();
+        let val_dir = data_root.join("val");
+        let best = vit.join("best.safetensors");
+        self.train(r, "train the ViT", (&self.config(), self.vit_weights), &vit, &[])?;
         let metrics = vit.join("eval.json");
+        let weights = std::slice::from_ref(&best);
         r.step(
             "evaluate",
-            std::slice::from_ref(&best),
+            &[best.clone(), val_dir.clone()],
             std::slice::from_ref(&metrics),
             &[
                 "eval".into(),
@@ -71,7 +110,7 @@ impl Classification<'_> {
         let preds = vit.join("predictions.csv");
         r.step(
             "predictions CSV",
-            std::slice::from_ref(&best),
+            &[best.clone(), val_dir.clone()],
             std::slice::from_ref(&preds),
             &[
                 "predict".into(),
@@ -87,7 +126,7 @@ impl Classification<'_> {
         std::fs::create_dir_all(&figures)?;
         r.step(
             "position-embedding similarity",
-            std::slice::from_ref(&best),
+            weights,
             std::slice::from_ref(&posembed),
             &[
                 "posembed".into(),
@@ -99,21 +138,15 @@ impl Classification<'_> {
                 arg(&figures.join("posembed.npy")),
             ],
         )?;
-        let curves = r.learning_curves("learning curves", &vit, &out.join("compare"))?;
         // Three validation images: the named ones on the real data.
         let shown: Vec<PathBuf> = if self.synthetic() {
             (0..3).map(|c| val_dir.join(format!("{c}_{c:05}.jpg"))).collect()
         } else {
-            ["26_5064.jpg", "29_4718.jpg", "31_4838.jpg"]
-                .iter()
-                .map(|n| val_dir.join(n))
-                .collect()
+            NAMED_IMAGES.iter().map(|n| val_dir.join(n)).collect()
         };
         let att_dir = figures.join("attention");
-        let att_pngs: Vec<PathBuf> = shown
-            .iter()
-            .map(|p| att_dir.join(format!("{}.png", stem(p))))
-            .collect();
+        let stems = gaze_data::figure_stems(&shown)?;
+        let att_pngs: Vec<PathBuf> = stems.iter().map(|s| att_dir.join(format!("{s}.png"))).collect();
         let mut att_args = vec![
             "attention".into(),
             "--weights".into(),
@@ -122,39 +155,90 @@ impl Classification<'_> {
             arg(&att_dir),
             "--json".into(),
         ];
+        let mut att_inputs = [weights, &shown].concat();
         if self.synthetic() {
-            att_args.extend(["--class-names".into(), arg(&data_root.join("classes.txt"))]);
+            let names = data_root.join("classes.txt");
+            att_args.extend(["--class-names".into(), arg(&names)]);
+            att_inputs.push(names);
         }
         att_args.push("--images".into());
         att_args.extend(shown.iter().map(|p| arg(p)));
-        r.step(
-            "CLS attention figures",
-            std::slice::from_ref(&best),
-            &att_pngs,
-            &att_args,
-        )?;
+        r.step("CLS attention figures", &att_inputs, &att_pngs, &att_args)?;
 
+        let (_, curves) = r.compare(
+            "learning curves",
+            std::slice::from_ref(&vit),
+            &self.out.join("compare"),
+        )?;
         let eval: ClassificationMetrics = read_json(&metrics)?;
         summary.vit_val_accuracy = Some(eval.top1);
-        let mut sections = vec![
-            Section::new(
-                "Classification",
-                format!(
-                    "validation top-1 {:.2} %, top-5 {:.2} % on {} images\npredictions: {}",
-                    100.0 * eval.top1,
-                    100.0 * eval.top5,
-                    eval.images,
-                    preds.strip_prefix(out).unwrap_or(&preds).display()
-                ),
-                vec![curves],
+        for (path, stem) in shown.iter().zip(&stems) {
+            let record: AttentionRecord = read_json(&att_dir.join(format!("{stem}.json")))?;
+            summary.named_images.push(NamedImage {
+                name: gaze_data::display_name(path),
+                label: gaze_data::parse_label(path)?,
+                predicted: record.label,
+                probability: record.probability,
+            });
+        }
+        let band = if summary.mode == Mode::Real {
+            let (low, high) = (
+                REFERENCE_ACCURACY - REPRODUCTION_BAND,
+                REFERENCE_ACCURACY + REPRODUCTION_BAND,
+            );
+            format!(
+                " The course's reference is {:.2} %; a reproduction lands within ±{:.1} % of it ({:.2}–{:.2} %): this run is {}.",
+                100.0 * REFERENCE_ACCURACY,
+                100.0 * REPRODUCTION_BAND,
+                100.0 * low,
+                100.0 * high,
+                if (low..=high).contains(&eval.top1) {
+                    "inside"
+                } else {
+                    "outside"
+                }
+            )
+        } else {
+            String::new()
+        };
+        sections.push(Section::new(
+            "Classification",
+            format!(
+                "Validation top-1 **{:.2} %**, top-5 {:.2} % on {} images.{band}\n\nPredictions, one `filename,label` row per validation image: `{}`.",
+                100.0 * eval.top1,
+                100.0 * eval.top5,
+                eval.images,
+                escape(&preds.strip_prefix(self.out).unwrap_or(&preds).display().to_string())
             ),
-            Section::new(
-                "Position embeddings",
-                "Cosine similarity of every patch position embedding with every other (ViT paper, Fig. 7).",
-                vec![posembed],
-            ),
-        ];
-        let mut attention_text = "Last block, [class] query to every patch key, mean over heads.".to_string();
+            vec![curves],
+        ));
+        sections.push(Section::new(
+            "Position embeddings",
+            "Cosine similarity of every patch position embedding with every other (ViT paper, Fig. 7).",
+            vec![posembed],
+        ));
+        let rows: Vec<Vec<String>> = summary
+            .named_images
+            .iter()
+            .map(|i| {
+                vec![
+                    escape(&i.name),
+                    i.label.to_string(),
+                    i.predicted.to_string(),
+                    format!("{:.1} %", 100.0 * i.probability),
+                    if i.label == i.predicted {
+                        "correct"
+                    } else {
+                        "wrong"
+                    }
+                    .into(),
+                ]
+            })
+            .collect();
+        let mut attention_text = format!(
+            "Last block, [class] query to every patch key, mean over heads.\n\n{}",
+            table(&["image", "true label", "predicted", "probability", ""], &rows)
+        );
         if self.synthetic() {
             let (inside, area, n) = self.attention_check(r, &best, &val_dir, &shown[0])?;
             summary.attention_in_box_share = Some(inside);
@@ -166,16 +250,15 @@ impl Classification<'_> {
             ));
         }
         sections.push(Section::new("Where the ViT looks", attention_text, att_pngs));
-        Ok(sections)
+        Ok(vit)
     }
 
-    /// The image folder root and the training config: the synthetic set (generated first)
-    /// and its small ViT, or the course data and recipe.
-    fn data_and_config(&self, r: &mut Runner) -> Result<(PathBuf, PathBuf)> {
-        if let Some(d) = self.data {
-            return Ok((d.join("p1_data"), self.root.join("configs/vit_s16_384_pets.toml")));
+    /// Generates the synthetic set when there is no real data.
+    fn prepare_data(&self, r: &mut Runner) -> Result<()> {
+        if !self.synthetic() {
+            return Ok(());
         }
-        let data = self.out.join("data/synth");
+        let data = self.data_root();
         r.step(
             "synthetic classification set",
             &[],
@@ -189,8 +272,7 @@ impl Classification<'_> {
                 "--classes".into(),
                 "6".into(),
             ],
-        )?;
-        Ok((data, self.root.join("configs/synth_vit_tiny.toml")))
+        )
     }
 
     /// On every synthetic validation image: how much of the [class] attention falls inside
@@ -205,7 +287,7 @@ impl Classification<'_> {
         let check_dir = self.out.join("check/attention");
         r.step(
             "attention on every validation image (sanity check)",
-            &[best.to_path_buf()],
+            &[best.to_path_buf(), val_dir.to_path_buf()],
             &[check_dir.join(format!("{}.json", stem(first)))],
             &[
                 "attention".into(),

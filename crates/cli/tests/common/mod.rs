@@ -15,6 +15,14 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../vit/tests/fixtures")
 }
 
+pub fn catr_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../caption/tests/fixtures")
+}
+
+/// The architecture of `catr_small*.pth` (tools/gen_catr_fixtures.py) as `gaze caption --arch` takes it.
+pub const CATR_SMALL_ARCH: &str = r#"{"resnet_blocks":[1,1,2,2],"resnet_width":8,"dilation":true,"hidden_dim":32,"nheads":4,
+"enc_layers":2,"dec_layers":2,"dim_feedforward":64,"vocab_size":140,"max_position_embeddings":128,"layer_norm_eps":1e-12}"#;
+
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gaze-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
