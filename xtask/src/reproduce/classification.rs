@@ -204,7 +204,7 @@ impl Classification<'_> {
         sections.push(Section::new(
             "Classification",
             format!(
-                "Validation top-1 **{:.2} %**, top-5 {:.2} % on {} images.{band}\n\nPredictions, one `filename,label` row per validation image: `{}`.",
+                "Validation top-1 **{:.2} %**, top-5 {:.2} % on {} images.{band}\n\nPredictions, one `filename,label` row per validation image: {}.",
                 100.0 * eval.top1,
                 100.0 * eval.top5,
                 eval.images,

@@ -24,12 +24,12 @@ impl Section {
     }
 }
 
-/// `text` with every ASCII punctuation character backslash-escaped, so that Markdown shows
-/// it as written (`*`, `_`, `|` in a table, `<` of a would-be tag).
+/// `text` with the characters that Markdown would read as markup backslash-escaped, so that
+/// it shows as written (`*`, `_`, `|` in a table, `<` of a would-be tag, `&` of an entity).
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_ascii_punctuation() {
+        if "\\`*_[]<>|!&#~".contains(c) {
             out.push('\\');
         }
         out.push(c);
