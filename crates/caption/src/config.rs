@@ -68,7 +68,7 @@ impl CatrConfig {
     /// divisible by `nheads`, a finite epsilon, and the estimated memory of the weights and
     /// of one image within [`MAX_MODEL_BYTES`](gaze_nn::checkpoint::MAX_MODEL_BYTES).
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
+        gaze_nn::checkpoint::check_positive(&[
             ("resnet_width", self.resnet_width),
             ("hidden_dim", self.hidden_dim),
             ("nheads", self.nheads),
@@ -77,10 +77,7 @@ impl CatrConfig {
             ("vocab_size", self.vocab_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("max_dim", self.max_dim),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} is 0; it must be positive"));
-        }
+        ])?;
         if let Some(stage) = self.resnet_blocks.iter().position(|b| *b == 0) {
             return Err(format!("resnet_blocks[{stage}] is 0; every stage needs a block"));
         }

@@ -143,27 +143,6 @@ fn hostile_headers_are_refused_before_anything_is_allocated() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-const TINY: &str = r#"
-[model]
-preset = "vit_tiny_patch16_224"
-num_classes = 3
-init = "scratch"
-img_size = 32
-patch_size = 8
-embed_dim = 48
-depth = 2
-num_heads = 3
-[data]
-train = "unused/train"
-val = "unused/val"
-batch_size = 8
-[optim]
-name = "adamw"
-lr = 3e-3
-[schedule]
-epochs = 1
-"#;
-
 #[test]
 fn training_skips_over_budget_images_and_refuses_nonsense_settings() {
     let dir = scratch("hostile-train");
@@ -184,7 +163,7 @@ fn training_skips_over_budget_images_and_refuses_nonsense_settings() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(data.join("train/1_99999.jpg"), jpeg_claiming(16000, 16000)).unwrap();
     let config = dir.join("tiny.toml");
-    std::fs::write(&config, TINY).unwrap();
+    std::fs::write(&config, TINY_VIT_CONFIG).unwrap();
     let train = |run: &str, extra: &[&str]| {
         let run = dir.join(run);
         let mut args = vec![
@@ -195,6 +174,8 @@ fn training_skips_over_budget_images_and_refuses_nonsense_settings() {
             s(&data),
             "--out",
             s(&run),
+            "data.batch_size=8",
+            "schedule.epochs=1",
         ];
         args.extend(extra);
         gaze_within_2_gib(&args)

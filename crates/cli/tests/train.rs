@@ -4,27 +4,7 @@ mod common;
 
 use common::*;
 
-const TINY: &str = r#"
-[model]
-preset = "vit_tiny_patch16_224"
-num_classes = 3
-init = "scratch"
-img_size = 32
-patch_size = 8
-embed_dim = 48
-depth = 2
-num_heads = 3
-[data]
-train = "unused/train"
-val = "unused/val"
-batch_size = 16
-[optim]
-name = "adamw"
-lr = 3e-3
-[schedule]
-epochs = 2
-warmup_steps = 2
-"#;
+const TINY: &str = TINY_VIT_CONFIG;
 
 /// `gaze train --config CONFIG --data DATA --out OUT EXTRA...`.
 fn train(

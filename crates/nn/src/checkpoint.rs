@@ -31,6 +31,14 @@ pub enum LoadError {
 /// ViT-g and ViT-L at 384 pixels, not for the sizes that a damaged or hostile file states.
 pub const MAX_MODEL_BYTES: u64 = 16 << 30;
 
+/// Refuses an architecture size of 0: the error names the first such field of `sizes`.
+pub fn check_positive(sizes: &[(&str, usize)]) -> Result<(), String> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((name, _)) => Err(format!("{name} is 0; it must be positive")),
+        None => Ok(()),
+    }
+}
+
 /// Refuses an architecture whose estimated memory (`bytes`, computed in floating point so
 /// that no size overflows) is over [`MAX_MODEL_BYTES`].
 pub fn check_model_bytes(bytes: f64) -> Result<(), String> {

@@ -109,7 +109,7 @@ impl VitConfig {
     /// field's, so that large real models load) within
     /// [`MAX_MODEL_BYTES`](gaze_nn::checkpoint::MAX_MODEL_BYTES).
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
+        gaze_nn::checkpoint::check_positive(&[
             ("img_size[0]", self.img_size[0]),
             ("img_size[1]", self.img_size[1]),
             ("patch_size", self.patch_size),
@@ -118,10 +118,7 @@ impl VitConfig {
             ("embed_dim", self.embed_dim),
             ("depth", self.depth),
             ("num_heads", self.num_heads),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} is 0; it must be positive"));
-        }
+        ])?;
         if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "embed_dim {} does not divide into num_heads {}",

@@ -324,73 +324,30 @@ mod tests {
             |backend: &str| Runner::new(gaze.clone(), vec![], "auto", backend, dir.join("stamps")).unwrap();
         let (input, output) = (dir.join("in.txt"), dir.join("out.csv"));
         std::fs::write(&input, "a").unwrap();
-        let args = |extra: &str| vec!["predict".to_string(), "--out".into(), arg(&output), extra.into()];
+        let predict = |r: &mut Runner, extra: &str| {
+            let args = ["predict".to_string(), "--out".into(), arg(&output), extra.into()];
+            r.step("predict", &[input.clone()], &[output.clone()], &args)
+        };
         let mut r = runner("flex");
-        r.step(
-            "predict",
-            std::slice::from_ref(&input),
-            std::slice::from_ref(&output),
-            &args("x"),
-        )
-        .unwrap();
-        r.step(
-            "predict",
-            std::slice::from_ref(&input),
-            std::slice::from_ref(&output),
-            &args("x"),
-        )
-        .unwrap();
+        predict(&mut r, "x").unwrap();
+        predict(&mut r, "x").unwrap();
         assert_eq!((calls(&log), r.done, r.skipped), (1, 1, 1));
         // Another command, another binary, a changed input, a deleted output: each reruns.
-        r.step(
-            "predict",
-            std::slice::from_ref(&input),
-            std::slice::from_ref(&output),
-            &args("y"),
-        )
-        .unwrap();
+        predict(&mut r, "y").unwrap();
         assert_eq!(calls(&log), 2);
         let mut other = runner("tch");
-        other
-            .step(
-                "predict",
-                std::slice::from_ref(&input),
-                std::slice::from_ref(&output),
-                &args("y"),
-            )
-            .unwrap();
+        predict(&mut other, "y").unwrap();
         assert_eq!(calls(&log), 3);
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&input, "changed").unwrap();
-        other
-            .step(
-                "predict",
-                std::slice::from_ref(&input),
-                std::slice::from_ref(&output),
-                &args("y"),
-            )
-            .unwrap();
+        predict(&mut other, "y").unwrap();
         assert_eq!(calls(&log), 4);
         std::fs::remove_file(&output).unwrap();
-        other
-            .step(
-                "predict",
-                std::slice::from_ref(&input),
-                std::slice::from_ref(&output),
-                &args("y"),
-            )
-            .unwrap();
+        predict(&mut other, "y").unwrap();
         assert_eq!(calls(&log), 5);
         // A missing input is an error that names it, never a skip.
         std::fs::remove_file(&input).unwrap();
-        let err = other
-            .step(
-                "predict",
-                std::slice::from_ref(&input),
-                std::slice::from_ref(&output),
-                &args("y"),
-            )
-            .unwrap_err();
+        let err = predict(&mut other, "y").unwrap_err();
         assert!(format!("{err:#}").contains("in.txt"), "{err:#}");
         assert_eq!(calls(&log), 5);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -400,48 +357,25 @@ mod tests {
     fn a_changed_training_refuses_and_resumes_otherwise() {
         let dir = scratch("training");
         let (gaze, log) = stub(&dir);
-        let mut r = Runner::new(gaze, vec![], "auto", "flex", dir.join("stamps")).unwrap();
+        let runner =
+            |backend: &str| Runner::new(gaze.clone(), vec![], "auto", backend, dir.join("stamps")).unwrap();
         let (config, run) = (dir.join("c.toml"), dir.join("run.txt"));
         std::fs::write(&config, "lr").unwrap();
-        let args = |lr: &str| vec!["train".to_string(), "--out".into(), arg(&run), lr.into()];
-        r.train(
-            "train",
-            std::slice::from_ref(&config),
-            std::slice::from_ref(&run),
-            &args("optim.lr=1"),
-        )
-        .unwrap();
+        let train = |r: &mut Runner, lr: &str| {
+            let args = ["train".to_string(), "--out".into(), arg(&run), lr.into()];
+            r.train("train", &[config.clone()], &[run.clone()], &args)
+        };
+        let mut r = runner("flex");
+        train(&mut r, "optim.lr=1").unwrap();
         let first = std::fs::read_to_string(&log).unwrap();
         assert!(first.contains("optim.lr=1 --resume --device auto"), "{first}");
-        r.train(
-            "train",
-            std::slice::from_ref(&config),
-            std::slice::from_ref(&run),
-            &args("optim.lr=1"),
-        )
-        .unwrap();
+        train(&mut r, "optim.lr=1").unwrap();
         assert_eq!(calls(&log), 1);
-        let err = r
-            .train(
-                "train",
-                std::slice::from_ref(&config),
-                std::slice::from_ref(&run),
-                &args("optim.lr=2"),
-            )
-            .unwrap_err()
-            .to_string();
+        let err = train(&mut r, "optim.lr=2").unwrap_err().to_string();
         assert!(err.contains("the command") && err.contains("--fresh"), "{err}");
         assert_eq!(calls(&log), 1);
         // Another backend evaluating the same run keeps it.
-        let mut other = Runner::new(r.gaze.clone(), vec![], "auto", "tch", dir.join("stamps")).unwrap();
-        other
-            .train(
-                "train",
-                std::slice::from_ref(&config),
-                std::slice::from_ref(&run),
-                &args("optim.lr=1"),
-            )
-            .unwrap();
+        train(&mut runner("tch"), "optim.lr=1").unwrap();
         assert_eq!(calls(&log), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -23,6 +23,29 @@ pub fn catr_fixtures() -> PathBuf {
 pub const CATR_SMALL_ARCH: &str = r#"{"resnet_blocks":[1,1,2,2],"resnet_width":8,"dilation":true,"hidden_dim":32,"nheads":4,
 "enc_layers":2,"dec_layers":2,"dim_feedforward":64,"vocab_size":140,"max_position_embeddings":128,"layer_norm_eps":1e-12}"#;
 
+/// A ViT small enough to train in seconds on `gaze synth --classes 3 --size 32` data.
+pub const TINY_VIT_CONFIG: &str = r#"
+[model]
+preset = "vit_tiny_patch16_224"
+num_classes = 3
+init = "scratch"
+img_size = 32
+patch_size = 8
+embed_dim = 48
+depth = 2
+num_heads = 3
+[data]
+train = "unused/train"
+val = "unused/val"
+batch_size = 16
+[optim]
+name = "adamw"
+lr = 3e-3
+[schedule]
+epochs = 2
+warmup_steps = 2
+"#;
+
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gaze-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
