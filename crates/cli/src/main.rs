@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 /// Vision Transformers in Rust: timm weights, predictions, evaluation, and figures of where
 /// the model looks.
 #[derive(Parser)]
-#[command(name = "gaze", version, about, long_about = None)]
+#[command(name = "gaze", version = version(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +40,21 @@ enum Command {
     Compare(compare::CompareArgs),
     Caption(caption::CaptionArgs),
     CaptionTrain(train::CaptionTrainArgs),
+}
+
+/// The version and the backends compiled into this binary (cargo features), e.g.
+/// `0.1.0 (backends: wgpu, flex)`.
+fn version() -> &'static str {
+    let backends: Vec<&str> = gaze_nn::available_devices()
+        .into_iter()
+        .filter(|d| *d != "tch-cuda")
+        .collect();
+    let text = format!(
+        "{} (backends: {})",
+        env!("CARGO_PKG_VERSION"),
+        backends.join(", ")
+    );
+    Box::leak(text.into_boxed_str())
 }
 
 fn main() -> ExitCode {

@@ -184,3 +184,16 @@ fn file_names_with_commas_and_quotes_stay_one_csv_field() {
     assert_eq!(lines[3], format!("\"say \"\"hi\"\".png\",{label}"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_version_names_the_compiled_backends() {
+    let out = gaze(&["--version"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.starts_with(&format!("gaze {} (backends: ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert_eq!(text.contains("flex"), cfg!(feature = "flex"), "{text}");
+    assert_eq!(text.contains("wgpu"), cfg!(feature = "wgpu"), "{text}");
+}
