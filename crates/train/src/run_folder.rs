@@ -51,7 +51,6 @@ impl RunFolder {
             _lock: lock,
             created,
         };
-        gaze_data::remove_stale_temps(out).map_err(|e| io_err(out, e))?;
         let used = !folder.holds_only_the_lock();
         let checkpoint = gaze_data::replaced_dir(&out.join("last"), STATE).is_some();
         if used && !resume {
@@ -66,6 +65,8 @@ impl RunFolder {
                 "metrics.csv lists finished epochs but no checkpoint (last/) is left to resume from; choose another --out",
             ));
         }
+        // Only now that the folder is known to be a run of ours.
+        gaze_data::remove_stale_temps(out).map_err(|e| io_err(out, e))?;
         Ok(folder)
     }
 
