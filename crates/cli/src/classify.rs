@@ -12,7 +12,7 @@ use gaze_nn::{argmax, parse_device};
 use gaze_records::{Prediction, predictions_csv};
 use gaze_vit::{VisionTransformer, VitConfig, classification_metrics, classify_files, load_pretrained};
 
-use crate::outputs::{check_writable_parent, claim};
+use crate::outputs::claim_files;
 use crate::progress::bar;
 
 /// Where the weights come from and where they run.
@@ -103,13 +103,10 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
 
 pub fn predict(args: PredictArgs) -> Result<()> {
     let outputs: Vec<PathBuf> = std::iter::once(&args.out).chain(&args.json).cloned().collect();
-    for output in &outputs {
-        check_writable_parent(output)?;
-    }
     let mut paths = collect_images(&args.images)?;
     paths.sort_by_key(|p| display_name(p));
     let inputs = std::iter::once(&args.model.weights).chain(&paths);
-    claim(inputs.map(PathBuf::as_path), &outputs)?;
+    claim_files(inputs.map(PathBuf::as_path), &outputs)?;
     let (logits, _) = args.model.logits(&paths, "predict")?;
     let predictions: Vec<Prediction> = paths
         .iter()
@@ -147,13 +144,10 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let outputs: Vec<PathBuf> = args.json.iter().cloned().collect();
-    for output in &outputs {
-        check_writable_parent(output)?;
-    }
     let images = labeled_images(&args.data)?;
     let paths: Vec<PathBuf> = images.iter().map(|i| i.path.clone()).collect();
     let inputs = std::iter::once(&args.model.weights).chain(&paths);
-    claim(inputs.map(PathBuf::as_path), &outputs)?;
+    claim_files(inputs.map(PathBuf::as_path), &outputs)?;
     let labels: Vec<usize> = images.iter().map(|i| i.label).collect();
     let (logits, num_classes) = args.model.logits(&paths, "eval")?;
     if let Some(bad) = images.iter().find(|i| i.label >= num_classes) {

@@ -15,7 +15,7 @@ use gaze_viz::figures::{Region, attention_figure, posembed_figure};
 use gaze_viz::{Colormap, save_png};
 use serde::Serialize;
 
-use crate::outputs::{check_writable_parent, claim, figure_files};
+use crate::outputs::{claim, claim_files, figure_files};
 use crate::progress::bar;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,10 +54,7 @@ pub struct PosembedArgs {
 
 pub fn posembed(args: PosembedArgs) -> Result<()> {
     let outputs: Vec<PathBuf> = std::iter::once(&args.out).chain(&args.npy).cloned().collect();
-    for output in &outputs {
-        check_writable_parent(output)?;
-    }
-    claim([args.weights.as_path()], &outputs)?;
+    claim_files([args.weights.as_path()], &outputs)?;
     let device = parse_device("auto")?;
     let (model, config) = load_classifier(&args.weights, args.model.as_deref(), &device)?;
     let (rows, dim) = model.patch_pos_embed();

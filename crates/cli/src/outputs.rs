@@ -13,8 +13,16 @@ pub fn claim<'a>(inputs: impl IntoIterator<Item = &'a Path>, outputs: &[PathBuf]
     Ok(())
 }
 
+/// [`claim`] for output files named on the command line, whose folders must exist.
+pub fn claim_files<'a>(inputs: impl IntoIterator<Item = &'a Path>, outputs: &[PathBuf]) -> Result<()> {
+    for output in outputs {
+        check_writable_parent(output)?;
+    }
+    claim(inputs, outputs)
+}
+
 /// Refuses an output file whose folder does not exist.
-pub fn check_writable_parent(path: &Path) -> Result<()> {
+fn check_writable_parent(path: &Path) -> Result<()> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
