@@ -2,15 +2,20 @@
 """PyTorch side of `cargo xtask bench`: the same workloads as crates/cli/examples/bench.rs
 (timm vit_small_patch16_384, 37 classes, fp32, CPU threads = all cores, or the GPU with
 BENCH_TORCH_DEVICE=cuda), one JSON object per line; BENCH_ONLY (comma-separated workload
-names) runs a subset. Needs torch and timm."""
+names) runs a subset. Needs torch; without timm (the borrowed GPU machines have none) the ViT
+is the same architecture written below in plain PyTorch."""
 import json
 import os
 import sys
 import time
 
-import timm
 import torch
 import torch.nn.functional as F
+
+try:
+    import timm
+except ImportError:
+    timm = None
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 DEVICE = os.environ.get("BENCH_TORCH_DEVICE", "cpu")
@@ -97,9 +102,53 @@ def caption_127():
     print(json.dumps({"workload": "caption_127", "unit": "s", "value": median_time(run)}), flush=True)
 
 
+class Block(torch.nn.Module):
+    """timm's pre-norm ViT block with fused attention."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = torch.nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.norm2 = torch.nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = torch.nn.Linear(dim, 4 * dim)
+        self.fc2 = torch.nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.proj(attn)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class PlainVit(torch.nn.Module):
+    """vit_small_patch16_384 without timm: the same layers and so the same work."""
+
+    def __init__(self, classes=37, dim=384, depth=12, heads=6, grid=24):
+        super().__init__()
+        self.patch_embed = torch.nn.Conv2d(3, dim, 16, 16)
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = torch.nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
+        self.blocks = torch.nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        self.norm = torch.nn.LayerNorm(dim, eps=1e-6)
+        self.head = torch.nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
 def main():
     torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch16_384", num_classes=37).eval().to(DEVICE)
+    if timm is not None:
+        model = timm.create_model("vit_small_patch16_384", num_classes=37)
+    else:
+        model = PlainVit()
+    model = model.eval().to(DEVICE)
     with torch.no_grad():
         for batch in (1, 8):
             if wanted(f"vit_infer_b{batch}"):
@@ -118,7 +167,8 @@ def main():
         report("vit_train_b8", 8, median_time(step))
     if wanted("caption_127"):
         caption_127()
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), file=sys.stderr)
+    vit = "timm" if timm is not None else "plain PyTorch (no timm)"
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "vit": vit}), file=sys.stderr)
 
 
 if __name__ == "__main__":

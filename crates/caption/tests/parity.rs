@@ -7,8 +7,11 @@ use gaze_caption::{CaptionError, CatrConfig, load_catr, preprocess};
 use gaze_data::load_rgb;
 use safetensors::SafeTensors;
 
+/// The fixtures folder; `CARGO_MANIFEST_DIR` at run time moves it, for a test executable run
+/// on another machine (tools/gpu-check.sh).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&crate_dir).join("tests/fixtures")
 }
 
 fn small() -> CatrConfig {
@@ -89,7 +92,18 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn greedy_captions_match_pytorch() {
-    let device = Device::flex();
+    greedy_captions_match_pytorch_on(&Device::flex());
+}
+
+#[test]
+fn wgpu_greedy_captions_match_pytorch() {
+    if let Some(device) = gaze_nn::device::wgpu_test_device() {
+        greedy_captions_match_pytorch_on(&device);
+    }
+}
+
+fn greedy_captions_match_pytorch_on(device: &Device) {
+    let device = device.clone();
     let expected = expected_json();
     let model = load_catr(&fixtures().join("catr_small.pth"), &small(), &device).unwrap();
     let ends = load_catr(&fixtures().join("catr_small_ends.pth"), &small(), &device).unwrap();

@@ -64,6 +64,8 @@ fn caption_127(device: &burn::tensor::Device, repeats: usize) {
 }
 
 fn main() {
+    // SAFETY: the first thing the program does, before any thread starts.
+    unsafe { gaze_nn::device::quiet_vulkan_loader() };
     allocator::keep_freed_memory();
     let device =
         parse_device(&std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "auto".into())).expect("device");

@@ -28,7 +28,9 @@ struct ModelArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
-    /// Backend device: auto, flex, ndarray, tch, tch-cuda[:N], cuda[:N], wgpu (those compiled in).
+    /// Backend device: auto, flex, ndarray, tch, tch-cuda[:N], cuda[:N], wgpu (those compiled
+    /// in; `gaze --version` lists them). auto takes the first of cuda, tch, wgpu, flex, ndarray,
+    /// passing over wgpu when its only adapter is a software one (lavapipe).
     #[arg(long, default_value = "auto")]
     device: String,
 }

@@ -58,6 +58,8 @@ fn version() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing the program does, before any thread starts.
+    unsafe { gaze_nn::device::quiet_vulkan_loader() };
     allocator::keep_freed_memory();
     let cli = Cli::parse();
     gaze_data::decode::set_max_pixels(cli.max_pixels);

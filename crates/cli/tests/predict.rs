@@ -9,11 +9,33 @@ use common::*;
 
 #[test]
 fn full_size_vit_small_matches_timm_on_png_and_jpeg() {
-    let dir = scratch("full");
+    full_size_vit_small_matches_timm("auto", &["png", "jpg"]);
+}
+
+#[test]
+fn wgpu_full_size_vit_small_matches_timm() {
+    if gaze_nn::device::wgpu_test_device().is_none() {
+        return;
+    }
+    let version = gaze(&["--version"]);
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains("wgpu"),
+        "the test build's gaze lacks wgpu: {version}"
+    );
+    full_size_vit_small_matches_timm("wgpu", &["png"]);
+}
+
+/// `gaze predict --device DEVICE` on the full-size fixtures in each of `exts`.
+fn full_size_vit_small_matches_timm(device: &str, exts: &[&str]) {
+    let dir = scratch(&format!("full-{device}"));
     let weights = dir.join("vit_small_formula.safetensors");
     write_formula_vit_small(&weights);
     // JPEG decoding is libjpeg-turbo's, as in Pillow, so JPEG gets the same tolerance as PNG.
     for (ext, key, tolerance) in [("png", "full/logits", 1e-3f32), ("jpg", "full/logits_jpeg", 1e-3)] {
+        if !exts.contains(&ext) {
+            continue;
+        }
         let images: Vec<String> = FULL_SIZE
             .iter()
             .map(|s| fixtures().join(format!("images/{s}.{ext}")).display().to_string())
@@ -29,6 +51,8 @@ fn full_size_vit_small_matches_timm_on_png_and_jpeg() {
             json.to_str().unwrap(),
             "--batch-size",
             "3",
+            "--device",
+            device,
         ]);
         let out = gaze(&args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -194,6 +218,18 @@ fn the_version_names_the_compiled_backends() {
         text.starts_with(&format!("gaze {} (backends: ", env!("CARGO_PKG_VERSION"))),
         "{text}"
     );
-    assert_eq!(text.contains("flex"), cfg!(feature = "flex"), "{text}");
-    assert_eq!(text.contains("wgpu"), cfg!(feature = "wgpu"), "{text}");
+    // The binary's backends are gaze-nn's features, which this test links with too; the test
+    // build always has flex and wgpu (the dev-dependency on gaze-nn asks for them).
+    let backends: Vec<&str> = gaze_nn::available_devices()
+        .into_iter()
+        .filter(|d| *d != "tch-cuda")
+        .collect();
+    assert!(
+        backends.contains(&"flex") && backends.contains(&"wgpu"),
+        "{backends:?}"
+    );
+    assert!(
+        text.contains(&format!("(backends: {})", backends.join(", "))),
+        "{text}"
+    );
 }

@@ -375,7 +375,8 @@ mod tests {
                 .to_string()
                 .contains("two outputs")
         );
-        std::fs::remove_dir_all(&dir).unwrap();
+        // The folder stays: the registry lives as long as the process, and a freed inode can
+        // come back as another test's output file, which would then be refused.
     }
 
     #[test]

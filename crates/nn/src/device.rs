@@ -32,7 +32,9 @@ pub fn available_devices() -> Vec<&'static str> {
 }
 
 /// Parses `flex`, `ndarray`, `tch` (libtorch CPU), `tch-cuda[:N]`, `cuda[:N]`, `wgpu`, or
-/// `auto` (the first of [`available_devices`]).
+/// `auto`: the first of [`available_devices`], passing over `wgpu` when its only adapters are
+/// software ones (Mesa's lavapipe runs Vulkan on the CPU, far slower than `flex`) unless it is
+/// the only backend.
 // burn 0.22 marks its libtorch backend deprecated; gaze keeps it as a build-time choice.
 #[cfg_attr(feature = "tch", allow(deprecated))]
 pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
@@ -45,10 +47,12 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
     };
     let _ = index;
     match kind {
-        "auto" => available_devices()
-            .first()
-            .map(|n| parse_device(n))
-            .unwrap_or_else(|| Err(err())),
+        "auto" => {
+            let names = available_devices();
+            let gpu = || wgpu_adapters().iter().any(|a| !a.software);
+            let first = names.iter().find(|n| **n != "wgpu" || gpu()).or(names.first());
+            first.map_or_else(|| Err(err()), |n| parse_device(n))
+        }
         #[cfg(feature = "flex")]
         "flex" => Ok(Device::flex()),
         #[cfg(feature = "ndarray")]
@@ -62,5 +66,118 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
         #[cfg(feature = "wgpu")]
         "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
         _ => Err(err()),
+    }
+}
+
+/// Gives the Vulkan stack a runtime folder where the environment names none, so that making a
+/// Vulkan instance does not print `error: XDG_RUNTIME_DIR is invalid or not set in the
+/// environment` (libwayland's, reached through the driver's presentation support, which gaze
+/// never uses; it connects to nothing there).
+///
+/// # Safety
+/// It sets an environment variable: call it before any other thread starts.
+pub unsafe fn quiet_vulkan_loader() {
+    if cfg!(feature = "wgpu") && std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: the caller guarantees no other thread reads the environment meanwhile.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+}
+
+/// A graphics adapter the `wgpu` backend can run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adapter {
+    /// The driver's name for it, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// The graphics API it was found through, e.g. `Vulkan`.
+    pub api: String,
+    /// A CPU implementation (lavapipe, SwiftShader), not a GPU.
+    pub software: bool,
+}
+
+/// The adapters `wgpu` finds on this machine, GPUs first; none in a build without `wgpu`.
+pub fn wgpu_adapters() -> Vec<Adapter> {
+    #[cfg(feature = "wgpu")]
+    {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::PRIMARY,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let mut adapters: Vec<Adapter> = block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+            .iter()
+            .map(|a| {
+                let info = a.get_info();
+                Adapter {
+                    name: info.name,
+                    api: format!("{:?}", info.backend),
+                    software: info.device_type == wgpu::DeviceType::Cpu,
+                }
+            })
+            .collect();
+        adapters.sort_by_key(|a| a.software);
+        adapters
+    }
+    #[cfg(not(feature = "wgpu"))]
+    Vec::new()
+}
+
+/// Polls `future` to completion on this thread: adapter enumeration on native APIs is ready at
+/// once, so no executor is needed.
+#[cfg(feature = "wgpu")]
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut context) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The `wgpu` device for the backend's tests, after printing the adapter it runs on; `None`
+/// (with the reason printed) where the machine has no adapter. Under `CI=true` a missing
+/// adapter panics instead, so a CI machine without a Vulkan driver fails rather than skips.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_test_device() -> Option<Device> {
+    let adapters = wgpu_adapters();
+    match adapters.first() {
+        Some(a) => {
+            let kind = if a.software { "software" } else { "GPU" };
+            eprintln!("wgpu adapter: {} ({}, {kind})", a.name, a.api);
+            Some(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+        }
+        None => {
+            let why = "no wgpu adapter on this machine (for a software one: \
+                       apt-get install mesa-vulkan-drivers)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{why}; CI=true requires the wgpu tests to run");
+            }
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_names_a_compiled_backend() {
+        // The test build has flex (and wgpu, whose lavapipe adapter `auto` passes over).
+        let auto = parse_device("auto").unwrap();
+        let flex = parse_device("flex").unwrap();
+        let gpu = wgpu_adapters().iter().any(|a| !a.software);
+        assert_eq!(
+            auto == flex,
+            !gpu && !cfg!(any(feature = "cuda", feature = "tch"))
+        );
+    }
+
+    #[test]
+    fn unknown_names_list_what_is_available() {
+        let err = parse_device("metal").unwrap_err().to_string();
+        assert!(err.contains("`metal`") && err.contains("flex"), "{err}");
+        assert!(parse_device("cuda:x").is_err());
     }
 }

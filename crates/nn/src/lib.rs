@@ -29,4 +29,4 @@ mod simd;
 mod testing;
 
 pub use decode::argmax;
-pub use device::{DeviceError, available_devices, parse_device};
+pub use device::{Adapter, DeviceError, available_devices, parse_device, wgpu_adapters};

@@ -11,8 +11,11 @@ use gaze_vit::{
 };
 use safetensors::SafeTensors;
 
+/// The fixtures folder; `CARGO_MANIFEST_DIR` at run time moves it, for a test executable run
+/// on another machine (tools/gpu-check.sh).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&crate_dir).join("tests/fixtures")
 }
 
 struct Expected(Vec<u8>);
@@ -57,11 +60,15 @@ fn reduced_config() -> VitConfig {
 }
 
 fn load_reduced(file: &str) -> VisionTransformer {
+    load_reduced_on(file, &Device::flex())
+}
+
+fn load_reduced_on(file: &str, device: &Device) -> VisionTransformer {
     let (model, config) = load_vit(
         &fixtures().join(file),
         &reduced_config(),
         HeadInit::FromCheckpoint,
-        &Device::flex(),
+        device,
     )
     .unwrap();
     assert_eq!(config.num_classes, 5, "class count comes from the file");
@@ -102,15 +109,24 @@ fn preprocessing_is_bit_exact_with_timm() {
 
 #[test]
 fn logits_and_attention_match_timm() {
+    logits_and_attention_match_timm_on(&Device::flex());
+}
+
+#[test]
+fn wgpu_logits_and_attention_match_timm() {
+    if let Some(device) = gaze_nn::device::wgpu_test_device() {
+        logits_and_attention_match_timm_on(&device);
+    }
+}
+
+fn logits_and_attention_match_timm_on(device: &Device) {
     let expected = Expected::load();
-    let model = load_reduced("reduced.safetensors");
-    let device = Device::flex();
+    let model = load_reduced_on("reduced.safetensors", device);
     let mut worst_logit = 0f32;
     let mut worst_attn = 0f32;
     for stem in STEMS {
         let (shape, input) = expected.f32(&format!("input64.{stem}"));
-        let batch =
-            Tensor::<4>::from_data(TensorData::new(input, [1, shape[0], shape[1], shape[2]]), &device);
+        let batch = Tensor::<4>::from_data(TensorData::new(input, [1, shape[0], shape[1], shape[2]]), device);
         let out = model.forward_with_attention(batch.clone());
         let (_, want) = expected.f32(&format!("logits.{stem}"));
         worst_logit = worst_logit.max(max_abs_diff(&to_vec(out.logits), &want));

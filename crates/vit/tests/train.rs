@@ -13,8 +13,11 @@ use gaze_vit::train::{TrainConfig, cross_entropy, train};
 use gaze_vit::{HeadInit, VisionTransformer, VitConfig, load_vit};
 use safetensors::SafeTensors;
 
+/// The fixtures folder; `CARGO_MANIFEST_DIR` at run time moves it, for a test executable run
+/// on another machine (tools/gpu-check.sh).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&crate_dir).join("tests/fixtures")
 }
 
 fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
@@ -52,8 +55,8 @@ fn parameters(model: &VisionTransformer) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
-fn two_steps_like_pytorch(name: OptimizerKind, lr: f64) -> BTreeMap<String, Vec<f32>> {
-    let device = Device::flex().autodiff();
+fn two_steps_like_pytorch(name: OptimizerKind, lr: f64, device: &Device) -> BTreeMap<String, Vec<f32>> {
+    let device = device.clone().autodiff();
     let config = VitConfig::new()
         .with_img_size([64, 64])
         .with_embed_dim(48)
@@ -145,15 +148,25 @@ fn assert_close_to(file: &str, got: &BTreeMap<String, Vec<f32>>) {
 fn sgd_momentum_steps_equal_pytorch() {
     assert_close_to(
         "sgd_after2.safetensors",
-        &two_steps_like_pytorch(OptimizerKind::Sgd, 0.1),
+        &two_steps_like_pytorch(OptimizerKind::Sgd, 0.1, &Device::flex()),
     );
+}
+
+#[test]
+fn wgpu_sgd_momentum_steps_equal_pytorch() {
+    if let Some(device) = gaze_nn::device::wgpu_test_device() {
+        assert_close_to(
+            "sgd_after2.safetensors",
+            &two_steps_like_pytorch(OptimizerKind::Sgd, 0.1, &device),
+        );
+    }
 }
 
 #[test]
 fn adamw_steps_equal_pytorch() {
     assert_close_to(
         "adamw_after2.safetensors",
-        &two_steps_like_pytorch(OptimizerKind::Adamw, 0.01),
+        &two_steps_like_pytorch(OptimizerKind::Adamw, 0.01, &Device::flex()),
     );
 }
 

@@ -67,7 +67,8 @@ pub struct ReproduceArgs {
     /// Python whose torch 2.9.0 the `tch` backend builds and runs against.
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
-    /// Device for every gaze step (e.g. tch-cuda to run the tch build on a GPU).
+    /// Device for every gaze step [auto: the backend's own, `tch` for tch; e.g. tch-cuda to
+    /// run the tch build on a GPU].
     #[arg(long, default_value = "auto")]
     device: String,
     /// Output root: the run goes to its mode's folder inside (synthetic, real or captions).
@@ -273,7 +274,12 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     let build_seconds = build_started.elapsed().as_secs_f64();
     // `seconds` is the run after the build.
     let started = Instant::now();
-    let mut r = Runner::new(gaze, env, &args.device, &args.backend, out.join("stamps"))?;
+    // The binary may hold more backends than the one asked for.
+    let device = match (args.device.as_str(), args.backend.as_str()) {
+        ("auto", "flex" | "wgpu" | "cuda") => args.backend.as_str(),
+        (device, _) => device,
+    };
+    let mut r = Runner::new(gaze, env, device, &args.backend, out.join("stamps"))?;
     let mut summary = Summary::new(mode);
     let mut sections: Vec<Section> = Vec::new();
     if mode != Mode::Captions {
@@ -380,9 +386,12 @@ fn build_gaze(root: &Path, backend: &str, release: bool, env: &[(String, String)
     if release {
         cmd.arg("--release");
     }
-    if backend != "flex" {
-        cmd.args(["--no-default-features", "--features", backend]);
-    }
+    // flex and wgpu: the features of the workspace's test build, whose artifacts this reuses.
+    let features = match backend {
+        "flex" | "wgpu" => "flex,wgpu",
+        other => other,
+    };
+    cmd.args(["--no-default-features", "--features", features]);
     println!("building gaze ({backend}): {cmd:?}");
     if !cmd.status().context("could not run cargo")?.success() {
         bail!("building gaze failed");
