@@ -93,7 +93,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             "bench",
             "--no-default-features",
             "--features",
-            &args.backend,
+            crate::backend_features(&args.backend),
         ])
         .env("BENCH_DEVICE", args.device.as_deref().unwrap_or(&args.backend))
         .env("BENCH_REPEATS", &repeats);

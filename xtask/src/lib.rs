@@ -31,6 +31,16 @@ pub fn run(mut cmd: Process) -> Result<()> {
     Ok(())
 }
 
+/// The cargo features gaze is built with for `backend` (a feature name: flex, ndarray, tch,
+/// cuda, wgpu). flex and wgpu get both, the set of the workspace's test build, so the test
+/// build's artifacts serve them and one binary of each profile serves both.
+pub fn backend_features(backend: &str) -> &str {
+    match backend {
+        "flex" | "wgpu" => "flex,wgpu",
+        other => other,
+    }
+}
+
 /// Environment for building and running the `tch` backend against the libtorch inside
 /// `python`'s torch (burn-tch 0.22 wants torch 2.9.0): `LIBTORCH_USE_PYTORCH`, that Python
 /// first on `PATH` (torch-sys asks `python` where torch is), and torch's libraries on

@@ -386,12 +386,11 @@ fn build_gaze(root: &Path, backend: &str, release: bool, env: &[(String, String)
     if release {
         cmd.arg("--release");
     }
-    // flex and wgpu: the features of the workspace's test build, whose artifacts this reuses.
-    let features = match backend {
-        "flex" | "wgpu" => "flex,wgpu",
-        other => other,
-    };
-    cmd.args(["--no-default-features", "--features", features]);
+    cmd.args([
+        "--no-default-features",
+        "--features",
+        crate::backend_features(backend),
+    ]);
     println!("building gaze ({backend}): {cmd:?}");
     if !cmd.status().context("could not run cargo")?.success() {
         bail!("building gaze failed");
