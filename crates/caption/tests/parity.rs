@@ -7,11 +7,8 @@ use gaze_caption::{CaptionError, CatrConfig, load_catr, preprocess};
 use gaze_data::load_rgb;
 use safetensors::SafeTensors;
 
-/// The fixtures folder; `CARGO_MANIFEST_DIR` at run time moves it, for a test executable run
-/// on another machine (tools/gpu-check.sh).
 fn fixtures() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
-    Path::new(&crate_dir).join("tests/fixtures")
+    gaze_nn::test_support::fixtures(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn small() -> CatrConfig {
@@ -97,7 +94,7 @@ fn greedy_captions_match_pytorch() {
 
 #[test]
 fn wgpu_greedy_captions_match_pytorch() {
-    if let Some(device) = gaze_nn::device::wgpu_test_device() {
+    if let Some(device) = gaze_nn::test_support::wgpu_device() {
         greedy_captions_match_pytorch_on(&device);
     }
 }

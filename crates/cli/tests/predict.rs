@@ -14,7 +14,7 @@ fn full_size_vit_small_matches_timm_on_png_and_jpeg() {
 
 #[test]
 fn wgpu_full_size_vit_small_matches_timm() {
-    if gaze_nn::device::wgpu_test_device().is_none() {
+    if gaze_nn::test_support::wgpu_device().is_none() {
         return;
     }
     let version = gaze(&["--version"]);

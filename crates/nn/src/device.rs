@@ -134,30 +134,6 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
-/// The `wgpu` device for the backend's tests, after printing the adapter it runs on; `None`
-/// (with the reason printed) where the machine has no adapter. Under `CI=true` a missing
-/// adapter panics instead, so a CI machine without a Vulkan driver fails rather than skips.
-#[cfg(feature = "wgpu")]
-pub fn wgpu_test_device() -> Option<Device> {
-    let adapters = wgpu_adapters();
-    match adapters.first() {
-        Some(a) => {
-            let kind = if a.software { "software" } else { "GPU" };
-            eprintln!("wgpu adapter: {} ({}, {kind})", a.name, a.api);
-            Some(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
-        }
-        None => {
-            let why = "no wgpu adapter on this machine (for a software one: \
-                       apt-get install mesa-vulkan-drivers)";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{why}; CI=true requires the wgpu tests to run");
-            }
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //!   elsewhere.
 //! * [`decode`]: kernels that feed one row at a time through small layers on plain slices,
 //!   for greedy decoding.
+//! * [`test_support`]: the fixtures folder and the `wgpu` device of the integration tests.
 //! * [`checkpoint`]: what a `.safetensors` or PyTorch file holds, read without its data, the
 //!   comparison with what a model expects, and saving a module as `.safetensors` in
 //!   PyTorch's layout.
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod decode;
 pub mod device;
 pub mod ops;
+pub mod test_support;
 
 #[cfg(feature = "flex")]
 mod flex;

@@ -1,6 +1,6 @@
 //! Parity with timm 1.0.20 on the fixtures written by `tools/gen_vit_fixtures.py`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::store::ModuleSnapshot;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -11,11 +11,8 @@ use gaze_vit::{
 };
 use safetensors::SafeTensors;
 
-/// The fixtures folder; `CARGO_MANIFEST_DIR` at run time moves it, for a test executable run
-/// on another machine (tools/gpu-check.sh).
 fn fixtures() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
-    Path::new(&crate_dir).join("tests/fixtures")
+    gaze_nn::test_support::fixtures(env!("CARGO_MANIFEST_DIR"))
 }
 
 struct Expected(Vec<u8>);
@@ -114,7 +111,7 @@ fn logits_and_attention_match_timm() {
 
 #[test]
 fn wgpu_logits_and_attention_match_timm() {
-    if let Some(device) = gaze_nn::device::wgpu_test_device() {
+    if let Some(device) = gaze_nn::test_support::wgpu_device() {
         logits_and_attention_match_timm_on(&device);
     }
 }

@@ -13,11 +13,8 @@ use gaze_vit::train::{TrainConfig, cross_entropy, train};
 use gaze_vit::{HeadInit, VisionTransformer, VitConfig, load_vit};
 use safetensors::SafeTensors;
 
-/// The fixtures folder; `CARGO_MANIFEST_DIR` at run time moves it, for a test executable run
-/// on another machine (tools/gpu-check.sh).
 fn fixtures() -> PathBuf {
-    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
-    Path::new(&crate_dir).join("tests/fixtures")
+    gaze_nn::test_support::fixtures(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
@@ -154,7 +151,7 @@ fn sgd_momentum_steps_equal_pytorch() {
 
 #[test]
 fn wgpu_sgd_momentum_steps_equal_pytorch() {
-    if let Some(device) = gaze_nn::device::wgpu_test_device() {
+    if let Some(device) = gaze_nn::test_support::wgpu_device() {
         assert_close_to(
             "sgd_after2.safetensors",
             &two_steps_like_pytorch(OptimizerKind::Sgd, 0.1, &device),
