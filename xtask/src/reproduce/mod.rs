@@ -67,8 +67,8 @@ pub struct ReproduceArgs {
     /// Python whose torch 2.9.0 the `tch` backend builds and runs against.
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
-    /// Device for every gaze step [auto: the backend's own, `tch` for tch; e.g. tch-cuda to
-    /// run the tch build on a GPU].
+    /// Device for every gaze step [auto: the backend's own, e.g. tch; tch-cuda runs the tch
+    /// build on a GPU].
     #[arg(long, default_value = "auto")]
     device: String,
     /// Output root: the run goes to its mode's folder inside (synthetic, real or captions).
@@ -274,10 +274,12 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     let build_seconds = build_started.elapsed().as_secs_f64();
     // `seconds` is the run after the build.
     let started = Instant::now();
-    // The binary may hold more backends than the one asked for.
-    let device = match (args.device.as_str(), args.backend.as_str()) {
-        ("auto", "flex" | "wgpu" | "cuda") => args.backend.as_str(),
-        (device, _) => device,
+    // The binary may hold more backends than the one asked for; each backend's name is its
+    // device's.
+    let device = if args.device == "auto" {
+        &args.backend
+    } else {
+        &args.device
     };
     let mut r = Runner::new(gaze, env, device, &args.backend, out.join("stamps"))?;
     let mut summary = Summary::new(mode);
