@@ -100,13 +100,12 @@ fn wgpu_greedy_captions_match_pytorch() {
 }
 
 fn greedy_captions_match_pytorch_on(device: &Device) {
-    let device = device.clone();
     let expected = expected_json();
-    let model = load_catr(&fixtures().join("catr_small.pth"), &small(), &device).unwrap();
-    let ends = load_catr(&fixtures().join("catr_small_ends.pth"), &small(), &device).unwrap();
+    let model = load_catr(&fixtures().join("catr_small.pth"), &small(), device).unwrap();
+    let ends = load_catr(&fixtures().join("catr_small_ends.pth"), &small(), device).unwrap();
     let (mut worst_logit, mut worst_attn) = (0f32, 0f32);
     for stem in STEMS {
-        let x = input(stem, &device);
+        let x = input(stem, device);
         for (prefix, m) in [("", &model), ("ends_", &ends)] {
             let out = m.caption(x.clone(), 127);
             let tokens: Vec<usize> = expected[stem][format!("{prefix}tokens")]
