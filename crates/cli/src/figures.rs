@@ -8,7 +8,7 @@ use gaze_data::{collect_images, ensure_readable, figure_stems, load_rgb, write_a
 use gaze_nn::parse_device;
 use gaze_vit::explain;
 
-use crate::classify::load_classifier;
+use crate::classify::WeightsArgs;
 use gaze_records::AttentionRecord;
 use gaze_viz::analysis::{ClsMaps, HeadFusion, cls_maps, cosine_similarity_matrix};
 use gaze_viz::figures::{Region, attention_figure, posembed_figure};
@@ -36,12 +36,8 @@ impl From<Cmap> for Colormap {
 /// Cosine similarity of the patch position embeddings (ViT paper, Fig. 7).
 #[derive(Args)]
 pub struct PosembedArgs {
-    /// timm checkpoint (.safetensors or .pth), or one written by gaze.
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
-    /// Architecture preset [default: stored in the weights, else vit_small_patch16_384].
-    #[arg(long, value_name = "NAME")]
-    model: Option<String>,
+    #[command(flatten)]
+    source: WeightsArgs,
     /// Output PNG: a grid of maps, one per patch position, with a shared colorbar.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -54,9 +50,9 @@ pub struct PosembedArgs {
 
 pub fn posembed(args: PosembedArgs) -> Result<()> {
     let outputs: Vec<PathBuf> = std::iter::once(&args.out).chain(&args.npy).cloned().collect();
-    claim_files([args.weights.as_path()], &outputs)?;
+    claim_files(args.source.inputs(), &outputs)?;
     let device = parse_device("auto")?;
-    let (model, config) = load_classifier(&args.weights, args.model.as_deref(), &device)?;
+    let (model, config) = args.source.load(&device)?;
     let (rows, dim) = model.patch_pos_embed();
     let similarity = cosine_similarity_matrix(&rows, dim);
     let [gh, gw] = config.grid();
@@ -82,12 +78,8 @@ enum Heads {
 /// Where the [class] token looks: attention over each image.
 #[derive(Args)]
 pub struct AttentionArgs {
-    /// timm checkpoint (.safetensors or .pth), or one written by gaze.
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
-    /// Architecture preset [default: stored in the weights, else vit_small_patch16_384].
-    #[arg(long, value_name = "NAME")]
-    model: Option<String>,
+    #[command(flatten)]
+    source: WeightsArgs,
     /// Image files and/or folders.
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     images: Vec<PathBuf>,
@@ -110,7 +102,8 @@ pub struct AttentionArgs {
     /// With --rollout: fraction of the weakest attention weights dropped per block.
     #[arg(long, default_value_t = 0.0, requires = "rollout")]
     discard_ratio: f32,
-    /// Text file with one class name per line, to title figures with names.
+    /// Text file with one class name per line, to title figures with names [default: the
+    /// names the checkpoint carries, if any].
     #[arg(long, value_name = "FILE")]
     class_names: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "viridis")]
@@ -149,15 +142,17 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
     }
     let paths = collect_images(&args.images)?;
     let stems = figure_stems(&paths)?;
-    let inputs = [&args.weights].into_iter().chain(&args.class_names).chain(&paths);
-    claim(
-        inputs.map(PathBuf::as_path),
-        &figure_files(&args.out, &stems, args.json),
-    )?;
+    let inputs = args
+        .source
+        .inputs()
+        .chain(args.class_names.as_deref())
+        .chain(paths.iter().map(PathBuf::as_path));
+    claim(inputs, &figure_files(&args.out, &stems, args.json))?;
     ensure_readable(&paths)?;
     let names = args.class_names.as_deref().map(read_class_names).transpose()?;
     let device = parse_device(&args.device)?;
-    let (model, config) = load_classifier(&args.weights, args.model.as_deref(), &device)?;
+    let (model, config) = args.source.load(&device)?;
+    let names = names.or_else(|| config.label_names.clone());
     if let Some(names) = &names
         && names.len() != config.num_classes
     {

@@ -6,6 +6,7 @@ mod allocator;
 mod caption;
 mod classify;
 mod compare;
+mod data;
 mod figures;
 mod outputs;
 mod progress;
@@ -40,6 +41,7 @@ enum Command {
     Compare(compare::CompareArgs),
     Caption(caption::CaptionArgs),
     CaptionTrain(train::CaptionTrainArgs),
+    Data(data::DataArgs),
 }
 
 /// The version and the backends compiled into this binary (cargo features), e.g.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run_compare(args),
         Command::Caption(args) => caption::caption(args),
         Command::CaptionTrain(args) => train::run_caption_train(args),
+        Command::Data(args) => data::run_data(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

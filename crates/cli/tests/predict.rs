@@ -42,7 +42,12 @@ fn full_size_vit_small_matches_timm(device: &str, exts: &[&str]) {
             .collect();
         let csv = dir.join(format!("preds_{ext}.csv"));
         let json = dir.join(format!("preds_{ext}.json"));
-        let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--images"];
+        let mut args = vec!["predict", "--weights", weights.to_str().unwrap()];
+        if device == "auto" {
+            // timm's full name, as copied from the Hub, gives the same model.
+            args.extend(["--model", "vit_small_patch16_384.augreg_in21k_ft_in1k"]);
+        }
+        args.push("--images");
         args.extend(images.iter().map(String::as_str));
         args.extend([
             "--out",
@@ -83,6 +88,57 @@ fn full_size_vit_small_matches_timm(device: &str, exts: &[&str]) {
             "rows sorted by file name"
         );
         assert_eq!(std::fs::read_to_string(&csv).unwrap(), rows.join("\n") + "\n");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A Hub folder that timm wrote (`model.safetensors` + `config.json`, tools/gen_hub_fixture.py):
+/// its config.json gives the architecture, ImageNet mean/std, crop_pct and class names.
+#[test]
+fn hub_folder_matches_timm_and_names_its_classes() {
+    let dir = scratch("hub");
+    let hub = fixtures().join("hub");
+    let expected: std::collections::BTreeMap<String, Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(hub.join("expected.json")).unwrap()).unwrap();
+    let images: Vec<String> = expected
+        .keys()
+        .map(|name| fixtures().join("images").join(name).display().to_string())
+        .collect();
+    let names = ["Abyssinian", "Bengal", "american_bulldog", "beagle"];
+    let (csv, json) = (dir.join("preds.csv"), dir.join("preds.json"));
+    let weights = hub.join("model.safetensors");
+    let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--images"];
+    args.extend(images.iter().map(String::as_str));
+    args.extend(["--out", csv.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    args.extend(["--with-names", "--probabilities", "--top-k", "2"]);
+    let out = gaze(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<gaze_records::Prediction> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "filename,label,name,probability,top1_label,top1_name,top1_probability,top2_label,top2_name,top2_probability"
+    );
+    for (row, line) in rows.iter().zip(lines) {
+        let want = &expected[&row.filename];
+        let diff = row
+            .logits
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "{}: logits differ from timm by {diff}", row.filename);
+        let label = gaze_nn::argmax(want);
+        assert_eq!((row.label, row.name.as_deref()), (label, Some(names[label])));
+        let top = row.top_k.as_ref().unwrap();
+        assert_eq!((top.len(), top[0].label), (2, label));
+        assert!(top[0].probability > top[1].probability);
+        assert!(
+            line.starts_with(&format!("{},{label},{},", row.filename, names[label])),
+            "{line}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

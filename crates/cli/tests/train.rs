@@ -211,3 +211,72 @@ fn a_run_folder_is_reused_only_to_resume_and_by_one_writer() {
     assert!(!failed.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Under `gaze train ... > log.txt 2>&1` (no terminal), a progress line with step, loss, img/s
+/// and ETA comes at the `--log-every` interval; `--quiet` leaves the log empty.
+#[test]
+fn a_log_without_terminal_gets_progress_lines_at_the_interval() {
+    let dir = scratch("train-log");
+    let data = dir.join("synth");
+    let d = data.to_str().unwrap();
+    let out = gaze(&[
+        "synth",
+        "--out",
+        d,
+        "--classes",
+        "3",
+        "--train",
+        "400",
+        "--val",
+        "20",
+        "--size",
+        "32",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let log = dir.join("log.txt");
+    let file = std::fs::File::create(&log).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["train", "--config", config.to_str().unwrap(), "--data", d])
+        .args(["--out", dir.join("run").to_str().unwrap(), "--log-every", "1s"])
+        .args(["schedule.epochs=8", "data.batch_size=8"])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    let stamps: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains(" step ") && l.contains(" img/s eta "))
+        .filter_map(|l| l.strip_prefix('[')?.split_once("s]")?.0.parse().ok())
+        .collect();
+    assert!(stamps.len() >= 2, "too short a run to see the interval: {text}");
+    for pair in stamps.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (1.0..3.0).contains(&gap),
+            "progress lines {gap:.2} s apart, not about 1 s: {text}"
+        );
+    }
+    let quiet = gaze(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        d,
+        "--out",
+        dir.join("quiet").to_str().unwrap(),
+        "--quiet",
+        "schedule.epochs=1",
+    ]);
+    assert!(quiet.status.success());
+    assert_eq!(
+        (quiet.stdout.len(), quiet.stderr.len()),
+        (0, 0),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,13 +6,12 @@ use crate::DataError;
 
 const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
-fn is_image(path: &Path) -> bool {
+pub(crate) fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Expands files and folders (one level, image extensions only) into a sorted list of
 /// The file name shown in outputs (the course's CSV uses bare names).
 pub fn display_name(path: &Path) -> String {
     path.file_name()
@@ -20,7 +19,8 @@ pub fn display_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// image paths. A missing path or a folder without images is an error.
+/// Expands files and folders (one level, image extensions in any case) into a sorted list
+/// of image paths. A missing path or a folder without images is an error.
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     let mut images = Vec::new();
     for input in inputs {

@@ -7,16 +7,20 @@
 //!   [`augment`] its training counterpart.
 //! * [`synth`] writes a synthetic classification set in the same layout; [`scenes`] a
 //!   synthetic captioning set.
-//! * [`dataset`] lists images and parses the course's `{label}_{id}.jpg` file names.
+//! * [`dataset`] lists images and parses the course's `{label}_{id}.jpg` file names;
+//!   [`layout`] reads the three dataset layouts (course, ImageFolder, Oxford-IIIT Pet) and
+//!   [`convert`] writes the course layout from the official Pet files.
 //! * [`boxes`] measures attention against the synthetic sets' object boxes.
 //! * [`io`] writes output files atomically, never over an input.
 
 pub mod augment;
 pub mod boxes;
+pub mod convert;
 pub mod dataset;
 pub mod decode;
 pub mod error;
 pub mod io;
+pub mod layout;
 pub mod resize;
 pub mod rng;
 pub mod scenes;
@@ -35,4 +39,5 @@ pub use io::{
     protect_inputs, read_npy_f32, refuse_inputs, remove_stale_temps, replace_dir, replaced_dir, settle_dir,
     write_atomic, write_atomic_with, write_npy_f32,
 };
+pub use layout::{LabeledSet, Layout, PET_SPLITS, detect_layout, read_labeled_set};
 pub use transform::{EvalTransform, Interpolation};

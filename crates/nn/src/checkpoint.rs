@@ -412,6 +412,8 @@ pub fn save_safetensors<M: ModuleSnapshot>(
         let mut store = SafetensorsStore::from_file(tmp)
             .with_to_adapter(BurnToPyTorchAdapter)
             .metadata(key, json)
+            // Hugging Face tools (transformers, timm's Hub loader) expect PyTorch's tag.
+            .metadata("format", "pt")
             .overwrite(true);
         for (from, to) in remappings {
             store = store.with_key_remapping(&from, &to);
@@ -434,7 +436,7 @@ mod tests {
     #[test]
     fn saving_twice_gives_the_same_bytes() {
         let device = Device::flex();
-        device.seed(1);
+        let _draws = crate::test_support::seeded(&device, 1);
         let layer = LinearConfig::new(6, 4).init(&device);
         let dir = std::env::temp_dir().join(format!("gaze-save-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -454,6 +456,10 @@ mod tests {
         let checkpoint = Checkpoint::open(&dir.join("0.safetensors")).unwrap();
         assert_eq!(checkpoint.shapes["weight"], vec![4, 6]);
         assert_eq!(checkpoint.metadata["gaze.test"], "{\"a\":1}");
+        assert_eq!(
+            checkpoint.metadata["format"], "pt",
+            "the tag Hugging Face tools expect"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,23 +16,77 @@ pub struct ClassificationMetrics {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// `gaze predict`: one image's predicted class (`--json` adds the logits).
+/// `gaze predict`: one image's predicted class, with what the options add (`--json` also
+/// has the logits).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     /// The image's file name, without its folder.
     pub filename: String,
     pub label: usize,
+    /// The class's name (`--with-names`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The softmax probability of `label` (`--probabilities`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f32>,
+    /// The K most probable classes, most probable first (`--top-k K`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<Vec<RankedClass>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logits: Vec<f32>,
 }
 
-/// The course's predictions CSV: a `filename,label` header and one row per prediction, a
-/// name quoted only where it holds a comma, a quote or a line break.
+/// One of an image's most probable classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankedClass {
+    pub label: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub probability: f32,
+}
+
+/// The predictions CSV: the course's `filename,label` (a name quoted only where it holds a
+/// comma, a quote or a line break), then the columns the first prediction has: `name`,
+/// `probability`, and for each of its top-k classes `top{i}_label`, `top{i}_name`,
+/// `top{i}_probability`.
 pub fn predictions_csv(predictions: &[Prediction]) -> Vec<u8> {
+    let first = predictions.first();
+    let with_name = first.is_some_and(|p| p.name.is_some());
+    let with_probability = first.is_some_and(|p| p.probability.is_some());
+    let top_k = first.and_then(|p| p.top_k.as_ref()).map_or(0, Vec::len);
+    let mut header: Vec<String> = vec!["filename".into(), "label".into()];
+    if with_name {
+        header.push("name".into());
+    }
+    if with_probability {
+        header.push("probability".into());
+    }
+    for i in 1..=top_k {
+        header.push(format!("top{i}_label"));
+        if with_name {
+            header.push(format!("top{i}_name"));
+        }
+        header.push(format!("top{i}_probability"));
+    }
     let mut writer = csv::Writer::from_writer(Vec::new());
     let mut write = || -> csv::Result<()> {
-        writer.write_record(["filename", "label"])?;
+        writer.write_record(&header)?;
         for p in predictions {
-            writer.write_record([p.filename.as_str(), &p.label.to_string()])?;
+            let mut row = vec![p.filename.clone(), p.label.to_string()];
+            if with_name {
+                row.push(p.name.clone().unwrap_or_default());
+            }
+            if with_probability {
+                row.push(p.probability.map(|v| v.to_string()).unwrap_or_default());
+            }
+            for ranked in p.top_k.iter().flatten().take(top_k) {
+                row.push(ranked.label.to_string());
+                if with_name {
+                    row.push(ranked.name.clone().unwrap_or_default());
+                }
+                row.push(ranked.probability.to_string());
+            }
+            writer.write_record(&row)?;
         }
         writer.flush()?;
         Ok(())
@@ -135,6 +189,9 @@ mod tests {
             .map(|(label, name)| Prediction {
                 filename: name.to_string(),
                 label,
+                name: None,
+                probability: None,
+                top_k: None,
                 logits: vec![],
             })
             .collect();
@@ -155,5 +212,28 @@ mod tests {
             .map(|(i, n)| (n.to_string(), i))
             .collect();
         assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn predictions_csv_adds_names_probabilities_and_top_k_columns() {
+        let ranked = |label: usize, name: &str, probability: f32| RankedClass {
+            label,
+            name: Some(name.into()),
+            probability,
+        };
+        let p = Prediction {
+            filename: "x.jpg".into(),
+            label: 2,
+            name: Some("Bengal".into()),
+            probability: Some(0.75),
+            top_k: Some(vec![ranked(2, "Bengal", 0.75), ranked(0, "Abyssinian", 0.25)]),
+            logits: vec![],
+        };
+        let text = String::from_utf8(predictions_csv(&[p])).unwrap();
+        assert_eq!(
+            text,
+            "filename,label,name,probability,top1_label,top1_name,top1_probability,top2_label,top2_name,top2_probability\n\
+             x.jpg,2,Bengal,0.75,2,Bengal,0.75,0,Abyssinian,0.25\n"
+        );
     }
 }

@@ -96,6 +96,14 @@ pub struct EpochRow {
     /// Training seconds so far (across resumes).
     #[serde(with = "crate::exact")]
     pub seconds: f64,
+    /// Estimated training seconds left after this epoch, at its speed (validation not counted).
+    #[serde(default, with = "crate::exact")]
+    pub eta_s: f64,
+}
+
+/// Seconds to train `images` more at `images_per_s`.
+fn eta(images: usize, images_per_s: f64) -> f64 {
+    images as f64 / images_per_s.max(1e-9)
 }
 
 /// Running sums of the epoch in progress.
@@ -180,6 +188,13 @@ pub struct BatchProgress {
     pub lr: f64,
     /// Training images per second over the epoch so far.
     pub images_per_s: f64,
+    /// Optimizer steps taken, and in the whole run.
+    pub step: usize,
+    pub total_steps: usize,
+    /// Epochs in the run.
+    pub epochs: usize,
+    /// Estimated training seconds left in the run at the epoch's speed so far.
+    pub eta_s: f64,
 }
 
 /// Progress as it happens, for bars and logs.
@@ -310,6 +325,13 @@ pub fn fit<T: Task>(
                 accuracy: r.per_counted(r.correct as f64),
                 lr,
                 images_per_s: r.images_per_s(),
+                step: state.step,
+                total_steps,
+                epochs: schedule.epochs,
+                eta_s: eta(
+                    (examples * (schedule.epochs - epoch)).saturating_sub(r.seen),
+                    r.images_per_s(),
+                ),
             });
             let mid_epoch = pending == 0 && b + 1 < batches;
             let every = run.checkpoint_every;
@@ -339,6 +361,7 @@ pub fn fit<T: Task>(
             val_acc,
             images_per_s: r.images_per_s(),
             seconds: state.seconds,
+            eta_s: eta(examples * (schedule.epochs - epoch - 1), r.images_per_s()),
         };
         let improved = val_acc.is_some_and(|acc| state.best_val_acc.is_none_or(|best| acc > best));
         if improved {
@@ -412,6 +435,7 @@ mod tests {
                 val_acc: Some(value(k)),
                 images_per_s: value(k) * 17.0,
                 seconds: value(k) * 1e4,
+                eta_s: value(k) * 3e3,
             })
             .collect();
         let state = RunState {

@@ -93,10 +93,11 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError>
 /// Writes `out/metrics.csv`, one row per epoch.
 pub fn write_metrics(out: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
-    let mut csv = String::from("epoch,step,lr,train_loss,train_acc,val_loss,val_acc,images_per_s,seconds\n");
+    let mut csv =
+        String::from("epoch,step,lr,train_loss,train_acc,val_loss,val_acc,images_per_s,seconds,eta_s\n");
     for r in rows {
         csv.push_str(&format!(
-            "{},{},{:.6e},{:.6},{:.6},{},{},{:.3},{:.1}\n",
+            "{},{},{:.6e},{:.6},{:.6},{},{},{:.3},{:.1},{:.1}\n",
             r.epoch,
             r.step,
             r.lr,
@@ -105,7 +106,8 @@ pub fn write_metrics(out: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
             fmt(r.val_loss),
             fmt(r.val_acc),
             r.images_per_s,
-            r.seconds
+            r.seconds,
+            r.eta_s
         ));
     }
     let path = out.join("metrics.csv");
@@ -119,7 +121,11 @@ pub fn read_metrics(out: &Path) -> Result<Vec<EpochRow>, TrainError> {
     let bad = |line: usize| io_err(&path, format!("line {line} is not a metrics row"));
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
-        let fields: Vec<&str> = line.split(',').collect();
+        let mut fields: Vec<&str> = line.split(',').collect();
+        if fields.len() == 9 {
+            // Written before the eta_s column.
+            fields.push("0");
+        }
         let [
             epoch,
             step,
@@ -130,6 +136,7 @@ pub fn read_metrics(out: &Path) -> Result<Vec<EpochRow>, TrainError> {
             val_acc,
             images_per_s,
             seconds,
+            eta_s,
         ] = fields[..]
         else {
             return Err(bad(i + 1));
@@ -152,6 +159,7 @@ pub fn read_metrics(out: &Path) -> Result<Vec<EpochRow>, TrainError> {
             val_acc: optional(val_acc)?,
             images_per_s: number(images_per_s)?,
             seconds: number(seconds)?,
+            eta_s: number(eta_s)?,
         });
     }
     Ok(rows)
@@ -242,10 +250,21 @@ mod tests {
             val_acc,
             images_per_s: 12.5,
             seconds: 30.0,
+            eta_s: 60.0 / epoch as f64,
         };
         let rows = vec![row(1, None), row(2, Some(0.875))];
         write_metrics(&dir, &rows).unwrap();
         assert_eq!(read_metrics(&dir).unwrap(), rows);
+        let before_eta = "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,images_per_s,seconds\n\
+                          2,20,3.000000e-4,0.500000,0.750000,0.250000,0.875000,12.500,30.0\n";
+        std::fs::write(dir.join("metrics.csv"), before_eta).unwrap();
+        assert_eq!(
+            read_metrics(&dir).unwrap(),
+            [EpochRow {
+                eta_s: 0.0,
+                ..rows[1].clone()
+            }]
+        );
         std::fs::write(dir.join("metrics.csv"), "header\n1,2,3\n").unwrap();
         assert!(read_metrics(&dir).unwrap_err().to_string().contains("line 2"));
         std::fs::remove_dir_all(&dir).unwrap();

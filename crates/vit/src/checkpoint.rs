@@ -148,19 +148,29 @@ pub fn save_vit(model: &VisionTransformer, config: &VitConfig, path: &Path) -> R
     save_safetensors(model, path, (CONFIG_METADATA_KEY, json), [])
 }
 
-/// Loads `path` for inference: the architecture is the preset `model` if given, else the
-/// config stored in the file by gaze, else `vit_small_patch16_384`; the head is the file's.
+/// Loads `path` for inference. The architecture, in order: the timm name `model` if given;
+/// the timm `config.json` `model_config` if given; the config stored in the file by gaze; a
+/// `config.json` beside the file (a Hub folder); `vit_small_patch16_384`. The head is the
+/// file's.
 pub fn load_pretrained(
     path: &Path,
     model: Option<&str>,
+    model_config: Option<&Path>,
     device: &Device,
 ) -> Result<(VisionTransformer, VitConfig), LoadError> {
-    let config = match model {
-        Some(name) => VitConfig::preset(name).ok_or_else(|| LoadError::Read {
-            path: path.to_path_buf(),
-            message: format!("unknown model `{name}`; known: {}", crate::PRESETS.join(", ")),
-        })?,
-        None => stored_vit_config(&Checkpoint::open(path)?)?.unwrap_or_else(VitConfig::new),
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |message| LoadError::Read { path, message }
+    };
+    let beside = path.with_file_name("config.json");
+    let config = match (model, model_config) {
+        (Some(name), _) => VitConfig::preset(name).map_err(read_err(path))?,
+        (None, Some(file)) => crate::read_hub_config(file).map_err(read_err(file))?,
+        (None, None) => match stored_vit_config(&Checkpoint::open(path)?)? {
+            Some(stored) => stored,
+            None if beside.is_file() => crate::read_hub_config(&beside).map_err(read_err(&beside))?,
+            None => VitConfig::new(),
+        },
     };
     load_vit(path, &config, HeadInit::FromCheckpoint, device)
 }

@@ -44,41 +44,17 @@ pub struct VitConfig {
     /// Normalisation standard deviation per channel.
     #[config(default = "[0.5, 0.5, 0.5]")]
     pub std: [f32; 3],
+    /// Class names in label order (timm's `label_names`), when the training data had them.
+    #[config(default = "None")]
+    pub label_names: Option<Vec<String>>,
 }
 
-/// Names accepted by [`VitConfig::preset`], as timm spells them.
-pub const PRESETS: [&str; 6] = [
-    "vit_tiny_patch16_224",
-    "vit_tiny_patch16_384",
-    "vit_small_patch16_224",
-    "vit_small_patch16_384",
-    "vit_base_patch16_224",
-    "vit_base_patch16_384",
-];
-
 impl VitConfig {
-    /// A timm architecture by name, with the data config of its AugReg weights
-    /// (bicubic, mean = std = 0.5; crop_pct 0.9 at 224 and 1.0 at 384).
-    pub fn preset(name: &str) -> Option<Self> {
-        let (embed_dim, num_heads) = match name.split('_').nth(1)? {
-            "tiny" => (192, 3),
-            "small" => (384, 6),
-            "base" => (768, 12),
-            _ => return None,
-        };
-        let size = match name.strip_prefix("vit_")?.split_once("_patch16_")?.1 {
-            "224" => 224,
-            "384" => 384,
-            _ => return None,
-        };
-        let crop_pct = if size == 224 { 0.9 } else { 1.0 };
-        Some(
-            Self::new()
-                .with_img_size([size, size])
-                .with_embed_dim(embed_dim)
-                .with_num_heads(num_heads)
-                .with_crop_pct(crop_pct),
-        )
+    /// A timm model by name: an architecture (`vit_small_patch16_384`: its default pretrained
+    /// tag's data config) or a full `name.tag`; the class count is the tag's. Unknown names,
+    /// and preprocessing gaze does not implement, are refused with the list of known names.
+    pub fn preset(name: &str) -> Result<Self, String> {
+        crate::timm::find_timm_model(name)?.config()
     }
 
     /// Patch grid `(rows, cols)`.
@@ -148,6 +124,13 @@ impl VitConfig {
                 self.mean, self.std
             ));
         }
+        if let Some(names) = self.label_names.as_ref().filter(|n| n.len() != self.num_classes) {
+            return Err(format!(
+                "{} label names for {} classes",
+                names.len(),
+                self.num_classes
+            ));
+        }
         gaze_nn::checkpoint::check_model_bytes(self.estimated_bytes())?;
         Ok(())
     }
@@ -167,9 +150,19 @@ impl VitConfig {
         4.0 * (weights + activations)
     }
 
-    /// The same architecture with another number of classes.
+    /// The same architecture with another number of classes (and so no class names, unless
+    /// the count is unchanged).
     pub fn with_classes(&self, num_classes: usize) -> Self {
-        self.clone().with_num_classes(num_classes)
+        let names = self.label_names.clone().filter(|n| n.len() == num_classes);
+        self.clone().with_num_classes(num_classes).with_label_names(names)
+    }
+
+    /// The name of class `label`, or its number when the model has no names.
+    pub fn class_name(&self, label: usize) -> String {
+        self.label_names
+            .as_ref()
+            .and_then(|n| n.get(label).cloned())
+            .unwrap_or_else(|| label.to_string())
     }
 }
 
@@ -179,17 +172,13 @@ mod tests {
 
     #[test]
     fn presets_resolve() {
-        for name in PRESETS {
-            let c = VitConfig::preset(name).unwrap_or_else(|| panic!("{name}"));
-            assert_eq!(c.embed_dim % c.num_heads, 0);
-        }
         let s = VitConfig::preset("vit_small_patch16_384").unwrap();
         assert_eq!(s, VitConfig::new());
         assert_eq!(s.grid(), [24, 24]);
         assert_eq!(s.num_tokens(), 577);
         assert_eq!(VitConfig::preset("vit_base_patch16_224").unwrap().crop_pct, 0.9);
-        assert!(VitConfig::preset("vit_huge_patch14_224").is_none());
-        assert!(VitConfig::preset("resnet50").is_none());
+        assert!(VitConfig::preset("vit_huge_patch14_224").is_err());
+        assert!(VitConfig::preset("resnet50").is_err());
     }
 
     #[test]

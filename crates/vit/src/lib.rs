@@ -3,7 +3,8 @@
 //! laid out exactly like timm's `VisionTransformer` so that timm checkpoints load by name.
 //!
 //! * [`VitConfig`] holds the architecture and the preprocessing that belongs to its weights,
-//!   with named presets (`VitConfig::preset("vit_small_patch16_384")`).
+//!   by timm name (`VitConfig::preset("vit_small_patch16_384.augreg_in21k_ft_in1k")`); [`timm`]
+//!   holds the generated table of timm's ViT names and reads a Hub `config.json`.
 //! * [`VisionTransformer`] has a fast forward and one that returns every block's attention.
 //! * [`checkpoint`] reads timm `.safetensors` and `.pth` files and writes `.safetensors` with
 //!   timm's key names, so weights travel both ways.
@@ -18,12 +19,14 @@ pub mod infer;
 pub mod metrics;
 mod model;
 mod pos_embed;
+pub mod timm;
 pub mod train;
 
 pub use checkpoint::{HeadInit, head_classes, load_pretrained, load_vit, save_vit, stored_vit_config};
-pub use config::{PRESETS, VitConfig};
+pub use config::VitConfig;
 pub use explain::{Explanation, explain};
 pub use infer::classify_files;
-pub use metrics::{ClassificationMetrics, classification_metrics};
+pub use metrics::{ClassificationMetrics, classification_metrics, top_classes};
 pub use model::{Attention, Block, Mlp, PatchEmbed, VisionTransformer, VitOutput};
 pub use pos_embed::resample_pos_embed;
+pub use timm::{TimmModel, find_timm_model, hub_config_json, read_hub_config, timm_models};

@@ -38,9 +38,34 @@ pub fn classification_metrics(
     }
 }
 
+/// The `k` most probable classes of one image's logits, most probable first (ties: lower
+/// label first), with their softmax probabilities (computed in f64, as a stable softmax).
+pub fn top_classes(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    let mut ranked: Vec<(usize, f32)> = exp.iter().map(|e| (e / total) as f32).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    ranked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_classes_known_answer() {
+        let ln2 = std::f32::consts::LN_2;
+        let ranked = top_classes(&[0.0, 2.0 * ln2, ln2, 0.0], 3);
+        let want = [(1, 0.5), (2, 0.25), (0, 0.125)];
+        for ((label, p), (want_label, want_p)) in ranked.iter().zip(want) {
+            assert_eq!(*label, want_label);
+            assert!((p - want_p).abs() < 1e-7, "{p} {want_p}");
+        }
+        assert_eq!(ranked.len(), 3);
+        assert_eq!(top_classes(&[1e30, 0.0], 1), [(0, 1.0)]);
+    }
 
     #[test]
     fn known_answer() {

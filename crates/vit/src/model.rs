@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn explicit_attention_equals_fused() {
         let device = Device::flex();
-        device.seed(7);
+        let _draws = gaze_nn::test_support::seeded(&device, 7);
         let model = tiny().init(&device);
         let images = Tensor::<4>::random([2, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
         let fast = model.forward(images.clone());

@@ -219,7 +219,7 @@ fn save_then_load_is_exact_and_keeps_the_config() {
     let timm = Checkpoint::open(&fixtures().join("reduced.safetensors")).unwrap();
     assert_eq!(checkpoint.shapes, timm.shapes);
 
-    let (reloaded, _) = gaze_vit::load_pretrained(&path, None, &Device::flex()).unwrap();
+    let (reloaded, _) = gaze_vit::load_pretrained(&path, None, None, &Device::flex()).unwrap();
     assert_eq!(parameters(&reloaded), parameters(&model));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -233,7 +233,7 @@ fn short_run_learns_writes_its_files_and_resumes_exactly() {
     let rows: Vec<&str> = metrics.lines().collect();
     assert_eq!(
         rows[0],
-        "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,images_per_s,seconds"
+        "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,images_per_s,seconds,eta_s"
     );
     assert_eq!(rows.len(), 3, "{metrics}");
     assert!(
@@ -283,7 +283,7 @@ fn short_run_learns_writes_its_files_and_resumes_exactly() {
     let resumed = train(&config, &split, &resume, &device, &mut Quiet).unwrap();
     assert_eq!(resumed.steps, 12);
     let load = |p: &Path| {
-        let (m, _) = gaze_vit::load_pretrained(&p.join("best.safetensors"), None, &device).unwrap();
+        let (m, _) = gaze_vit::load_pretrained(&p.join("best.safetensors"), None, None, &device).unwrap();
         parameters(&m)
     };
     assert_eq!(load(&split), load(&whole));

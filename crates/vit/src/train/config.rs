@@ -39,7 +39,7 @@ pub enum Init {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Architecture preset (`vit_small_patch16_384`, ...).
+    /// timm model name: an architecture (`vit_small_patch16_384`) or `name.tag`.
     pub preset: String,
     pub num_classes: usize,
     pub init: Init,
@@ -68,9 +68,11 @@ pub struct ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Folder of `{label}_{id}.jpg` training images.
+    /// Training images: a folder in the course layout (`{label}_{id}.jpg`) or the
+    /// ImageFolder one (a folder per class), an Oxford-IIIT Pet split file
+    /// (`annotations/trainval.txt`), or the Pet folder itself (its trainval split).
     pub train: PathBuf,
-    /// Folder of validation images.
+    /// Validation images, in any of those layouts (the Pet folder: its test split).
     pub val: PathBuf,
     pub batch_size: usize,
     /// Decoding/augmentation threads (0: all cores).
@@ -145,13 +147,7 @@ impl TrainConfig {
     pub fn vit_config(&self) -> Result<VitConfig, String> {
         let m = &self.model;
         let mut c = VitConfig::preset(&m.preset)
-            .ok_or_else(|| {
-                format!(
-                    "unknown model.preset `{}`; known: {}",
-                    m.preset,
-                    crate::PRESETS.join(", ")
-                )
-            })?
+            .map_err(|e| format!("model.preset: {e}"))?
             .with_num_classes(m.num_classes);
         if let Some(s) = m.img_size {
             c = c.with_img_size([s, s]);

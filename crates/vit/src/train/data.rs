@@ -5,34 +5,52 @@ use std::path::Path;
 use gaze_data::augment::TrainTransform;
 use gaze_data::rng::Rng;
 use gaze_data::{
-    DataError, EvalTransform, LabeledImage, find_unreadable, labeled_images, load_rgb, unreadable,
+    DataError, EvalTransform, LabeledImage, LabeledSet, Layout, find_unreadable, load_rgb, read_labeled_set,
+    unreadable,
 };
 use rayon::prelude::*;
 
 use super::TrainConfig;
 
-/// The usable images of a folder.
+/// The usable images of a dataset, in any of the [`Layout`]s.
 #[derive(Debug, Clone)]
 pub struct ScanReport {
+    pub layout: Layout,
     pub images: Vec<LabeledImage>,
+    /// The set's class names in label order, if its layout has names.
+    pub classes: Option<Vec<String>>,
     /// Unreadable images left out (only with `skip_bad`).
     pub skipped: usize,
 }
 
-/// Lists `dir` and decodes every image once, in parallel. Unreadable images fail the scan
-/// with the full list (or are left out with `skip_bad`); labels must be below `num_classes`.
-pub fn scan_images(dir: &Path, num_classes: usize, skip_bad: bool) -> Result<ScanReport, DataError> {
-    let images = labeled_images(dir)?;
-    if let Some(bad) = images.iter().find(|i| i.label >= num_classes) {
-        return Err(DataError::BadName {
-            path: bad.path.clone(),
-            reason: format!("label {} but model.num_classes is {num_classes}", bad.label),
-        });
+/// Lists the dataset at `path` (`default_split` picks the Oxford-IIIT Pet split file when
+/// `path` is the Pet folder) and decodes every image once, in parallel. Unreadable images
+/// fail the scan with the full list (or are left out with `skip_bad`). With `classes` (the
+/// model's class names), labels are mapped by name.
+pub fn scan_images(
+    path: &Path,
+    default_split: &str,
+    classes: Option<&[String]>,
+    skip_bad: bool,
+) -> Result<ScanReport, DataError> {
+    let mut set = read_labeled_set(path, None, default_split)?;
+    if let Some(names) = classes {
+        set.map_to(names, path)?;
     }
+    let LabeledSet {
+        layout,
+        images,
+        classes,
+    } = set;
     let paths: Vec<std::path::PathBuf> = images.iter().map(|i| i.path.clone()).collect();
     let failures = find_unreadable(&paths);
     if failures.is_empty() {
-        return Ok(ScanReport { images, skipped: 0 });
+        return Ok(ScanReport {
+            layout,
+            images,
+            classes,
+            skipped: 0,
+        });
     }
     if !skip_bad {
         return Err(unreadable(&failures, "; fix or remove them, or pass --skip-bad"));
@@ -45,9 +63,22 @@ pub fn scan_images(dir: &Path, num_classes: usize, skip_bad: bool) -> Result<Sca
         .map(|(_, img)| img)
         .collect();
     Ok(ScanReport {
+        layout,
         images: kept,
+        classes,
         skipped: bad.len(),
     })
+}
+
+/// Refuses labels at or above `num_classes`, naming the first such image.
+pub fn check_labels(scan: &ScanReport, num_classes: usize) -> Result<(), DataError> {
+    match scan.images.iter().find(|i| i.label >= num_classes) {
+        Some(bad) => Err(DataError::Setting {
+            path: bad.path.clone(),
+            reason: format!("label {} but model.num_classes is {num_classes}", bad.label),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The augmentations of `config` around the model's eval transform.

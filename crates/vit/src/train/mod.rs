@@ -3,7 +3,8 @@
 //! [`gaze_train::fit`].
 //!
 //! Besides `last/`, `metrics.csv` and `config.toml`, a run folder holds `best.safetensors`
-//! (the best validation epoch, timm key names) and `summary.json`. The data order and the
+//! (the best validation epoch, timm key names), timm's `config.json` beside it (so the folder
+//! loads like a Hub checkpoint) and `summary.json`. The data order and the
 //! augmentation are functions of `(seed, epoch, image)`, so a resumed run equals an
 //! uninterrupted one.
 
@@ -26,7 +27,7 @@ use gaze_train::{
 };
 
 pub use config::*;
-pub use data::{ScanReport, scan_images};
+pub use data::{ScanReport, check_labels, scan_images};
 
 use crate::{HeadInit, VisionTransformer, VitConfig, load_vit, save_vit};
 
@@ -65,7 +66,9 @@ fn initial_model(
     device.seed(config.run.seed);
     match (&config.model.init, &config.model.weights) {
         (Init::Pretrained, Some(weights)) => {
-            let preset = VitConfig::preset(&config.model.preset).expect("validated preset");
+            let preset = VitConfig::preset(&config.model.preset)
+                .expect("validated preset")
+                .with_num_classes(vit.num_classes);
             let source =
                 crate::stored_vit_config(&gaze_nn::checkpoint::Checkpoint::open(weights)?)?.unwrap_or(preset);
             let head = HeadInit::Fresh {
@@ -80,6 +83,18 @@ fn initial_model(
         }
         _ => Ok(vit.init(device)),
     }
+}
+
+/// The class names a pretrained checkpoint carries, when they fit `num_classes`: training
+/// on from such a checkpoint keeps its label order, whatever the folders' order.
+fn class_names(config: &TrainConfig, num_classes: usize) -> Result<Option<Vec<String>>, TrainError> {
+    let (Init::Pretrained, Some(weights)) = (&config.model.init, &config.model.weights) else {
+        return Ok(None);
+    };
+    let stored = crate::stored_vit_config(&gaze_nn::checkpoint::Checkpoint::open(weights)?)?;
+    Ok(stored
+        .and_then(|c| c.label_names)
+        .filter(|n| n.len() == num_classes))
 }
 
 /// Loss and accuracy of `model` on `images`.
@@ -237,18 +252,46 @@ pub fn train(
     })?;
     let _folder = RunFolder::open(out, options.resume)?;
     let scan_started = Instant::now();
-    let train_scan = scan_images(&config.data.train, vit.num_classes, options.skip_bad)?;
-    let val_scan = scan_images(&config.data.val, vit.num_classes, options.skip_bad)?;
+    let names = class_names(config, vit.num_classes)?;
+    let train_scan = scan_images(&config.data.train, "trainval", names.as_deref(), options.skip_bad)?;
+    let names = names.or_else(|| train_scan.classes.clone());
+    let val_scan = scan_images(&config.data.val, "test", names.as_deref(), options.skip_bad)?;
+    if let Some(names) = names.as_ref().filter(|n| n.len() != vit.num_classes) {
+        return Err(ConfigError {
+            path: config.data.train.clone(),
+            message: format!(
+                "the training set has {} classes but model.num_classes is {}; set model.num_classes={}",
+                names.len(),
+                vit.num_classes,
+                names.len()
+            ),
+        }
+        .into());
+    }
+    check_labels(&train_scan, vit.num_classes)?;
+    check_labels(&val_scan, vit.num_classes)?;
+    let vit = vit.with_label_names(names);
+    let layouts = match (train_scan.layout, val_scan.layout) {
+        (t, v) if t == v => t.describe().to_string(),
+        (t, v) => format!("training: {}; validation: {}", t.describe(), v.describe()),
+    };
     observer.message(&format!(
-        "scanned {} training and {} validation images in {:.1} s",
+        "scanned {} training and {} validation images of {} classes ({layouts}) in {:.1} s",
         train_scan.images.len(),
         val_scan.images.len(),
+        vit.num_classes,
         scan_started.elapsed().as_secs_f64()
     ));
     let train_device = device.clone().autodiff();
     let model = initial_model(config, &vit, &train_device)?;
     gaze_data::write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())
         .map_err(|e| io_err(&out.join("config.toml"), e))?;
+    let hub_config = crate::hub_config_json(&vit, &config.model.preset).map_err(|message| ConfigError {
+        path: out.join("config.toml"),
+        message,
+    })?;
+    gaze_data::write_atomic(&out.join("config.json"), hub_config.as_bytes())
+        .map_err(|e| io_err(&out.join("config.json"), e))?;
     let eval_transform = vit.eval_transform();
     let mut task = Classification {
         config,
