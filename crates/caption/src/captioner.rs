@@ -4,6 +4,7 @@
 
 use burn::tensor::Tensor;
 use gaze_nn::decode::with_team;
+use ndarray::Array2;
 
 use crate::cpu_decoder::{CpuDecoder, CpuWeights, values};
 use crate::greedy::{Decoding, greedy};
@@ -33,9 +34,10 @@ impl CaptionOutput {
 
     /// One map per word of `words` (this caption's, from [`crate::words`]): a word's pieces
     /// share it, their maps averaged; then `[end]` with [`CaptionOutput::end_attention`].
-    pub fn word_maps(&self, words: &[Word]) -> Vec<(String, Vec<f32>)> {
+    pub fn word_maps(&self, words: &[Word]) -> Vec<(String, Array2<f32>)> {
         let cells = self.grid.0 * self.grid.1;
-        let mut maps: Vec<(String, Vec<f32>)> = words
+        let as_grid = |cells: Vec<f32>| Array2::from_shape_vec(self.grid, cells).expect("one value per cell");
+        let mut maps: Vec<(String, Array2<f32>)> = words
             .iter()
             .map(|word| {
                 let mut mean = vec![0f32; cells];
@@ -44,11 +46,11 @@ impl CaptionOutput {
                         .zip(&self.attention[s])
                         .for_each(|(m, v)| *m += v / word.steps.len() as f32);
                 }
-                (word.text.clone(), mean)
+                (word.text.clone(), as_grid(mean))
             })
             .collect();
         if let Some(end) = self.end_attention() {
-            maps.push(("[end]".into(), end.to_vec()));
+            maps.push(("[end]".into(), as_grid(end.to_vec())));
         }
         maps
     }

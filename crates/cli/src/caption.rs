@@ -120,15 +120,7 @@ pub fn caption(args: CaptionArgs) -> Result<()> {
         } else {
             text.clone()
         };
-        let figure = attention_figure(
-            &resized,
-            region,
-            &maps,
-            (gh, gw),
-            &title,
-            Colormap::Viridis,
-            args.columns,
-        );
+        let figure = attention_figure(&resized, region, &maps, &title, Colormap::Viridis, args.columns);
         let grid = |row: &[f32]| row.chunks(gw).map(<[f32]>::to_vec).collect::<Vec<_>>();
         let json = CaptionRecord {
             caption: text,

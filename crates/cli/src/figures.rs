@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use gaze_data::{collect_images, ensure_readable, figure_stems, load_rgb, write_atomic, write_npy_f32};
+use gaze_data::{collect_images, ensure_readable, figure_stems, load_rgb, write_atomic, write_npy};
 use gaze_nn::parse_device;
 use gaze_vit::explain;
 
@@ -53,14 +53,11 @@ pub fn posembed(args: PosembedArgs) -> Result<()> {
     claim_files(args.source.inputs(), &outputs)?;
     let device = parse_device("auto")?;
     let (model, config) = args.source.load(&device)?;
-    let (rows, dim) = model.patch_pos_embed();
-    let similarity = cosine_similarity_matrix(&rows, dim);
+    let similarity = cosine_similarity_matrix(model.patch_pos_embed().view());
     let [gh, gw] = config.grid();
-    let figure = posembed_figure(&similarity, (gh, gw), args.colormap.into());
+    let figure = posembed_figure(similarity.view(), (gh, gw), args.colormap.into());
     if let Some(npy) = &args.npy {
-        let n = gh * gw;
-        write_npy_f32(npy, &[n, n], &similarity)
-            .with_context(|| format!("{}: could not write", npy.display()))?;
+        write_npy(npy, similarity.view()).with_context(|| format!("{}: could not write", npy.display()))?;
     }
     save_png(&figure, &args.out).with_context(|| format!("{}: could not write", args.out.display()))?;
     eprintln!("wrote {} ({gh}x{gw} grid of {gh}x{gw} maps)", args.out.display());
@@ -188,7 +185,8 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
     for (path, stem) in paths.iter().zip(&stems) {
         let image = load_rgb(path)?;
         let seen = explain(&model, &config, &image, &device);
-        let maps = cls_maps(&seen.attentions, seen.heads, seen.tokens, 1, which);
+        let grid = (seen.grid[0], seen.grid[1]);
+        let maps = cls_maps(&seen.attentions, 1, grid, which);
         let label = gaze_nn::argmax(&seen.probabilities);
         let probability = seen.probabilities[label];
         let name = names.as_ref().map(|n| n[label].clone());
@@ -205,20 +203,11 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
             width: size,
             height: size,
         };
-        let grid = (seen.grid[0], seen.grid[1]);
         let columns = if maps.len() > 4 { 4 } else { maps.len() + 1 };
-        let figure = attention_figure(
-            &seen.view,
-            region,
-            &maps,
-            grid,
-            &title,
-            args.colormap.into(),
-            columns,
-        );
+        let figure = attention_figure(&seen.view, region, &maps, &title, args.colormap.into(), columns);
         let json = AttentionRecord {
             grid: seen.grid,
-            cls_attention: maps[0].1.clone(),
+            cls_attention: maps[0].1.iter().copied().collect(),
             label,
             name,
             probability,

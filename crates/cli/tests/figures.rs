@@ -34,7 +34,8 @@ fn posembed(weights: &Path, dir: &Path) -> (Vec<usize>, Vec<f32>) {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(gaze_data::image::open(&png).is_ok());
-    gaze_data::read_npy_f32(&npy).unwrap()
+    let sims = gaze_data::read_npy::<gaze_data::ndarray::Ix2>(&npy).unwrap();
+    (sims.shape().to_vec(), sims.iter().copied().collect())
 }
 
 /// Runs `gaze attention --json` on fixture images `stems` and returns the output folder.

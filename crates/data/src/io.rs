@@ -425,76 +425,33 @@ mod tests {
     }
 }
 
-/// Writes a little-endian float32 `.npy` (format 1.0) atomically, readable by `np.load`.
-pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> std::io::Result<()> {
-    assert_eq!(
-        shape.iter().product::<usize>(),
-        data.len(),
-        "npy shape does not match data"
-    );
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // Pad with spaces so that magic + version + length + header ends on a 64-byte boundary.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * data.len());
-    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    write_atomic(path, &bytes)
+/// Writes `array` as a float32 `.npy` (numpy's format, through `ndarray-npy`), atomically.
+pub fn write_npy<D: ndarray::Dimension>(
+    path: &Path,
+    array: ndarray::ArrayView<f32, D>,
+) -> std::io::Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    write_atomic_with(path, |tmp| {
+        let file = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        array.write_npy(file).map_err(std::io::Error::other)
+    })
 }
 
-/// Reads a float32 `.npy` written by [`write_npy_f32`] (or numpy, C order): shape and data.
-pub fn read_npy_f32(path: &Path) -> std::io::Result<(Vec<usize>, Vec<f32>)> {
-    let bad = |why: &str| {
+/// Reads a float32 `.npy` of `D` dimensions (numpy's format, C or Fortran order); a file that
+/// is not one is an error naming `path`.
+pub fn read_npy<D: ndarray::Dimension>(path: &Path) -> std::io::Result<ndarray::Array<f32, D>> {
+    use ndarray_npy::ReadNpyExt;
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    ndarray::Array::<f32, D>::read_npy(file).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{}: {why}", path.display()),
+            format!(
+                "{}: not a float32 .npy of {} dimensions ({e})",
+                path.display(),
+                D::NDIM.unwrap_or(0)
+            ),
         )
-    };
-    let bytes = std::fs::read(path)?;
-    if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 12 {
-        return Err(bad("not a .npy file"));
-    }
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
-    };
-    let header = std::str::from_utf8(
-        bytes
-            .get(start..start + len)
-            .ok_or_else(|| bad("truncated header"))?,
-    )
-    .map_err(|_| bad("header is not text"))?;
-    if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        return Err(bad("only little-endian float32 in C order is supported"));
-    }
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("no shape"))?;
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| bad("bad shape")))
-        .collect::<Result<_, _>>()?;
-    let data: Vec<f32> = bytes[start + len..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    if data.len() != shape.iter().product::<usize>() {
-        return Err(bad("data length does not match the shape"));
-    }
-    Ok((shape, data))
+    })
 }
 
 #[cfg(test)]
@@ -502,14 +459,28 @@ mod npy_tests {
     use super::*;
 
     #[test]
-    fn npy_round_trip_and_alignment() {
-        let path = std::env::temp_dir().join(format!("gaze-npy-{}.npy", std::process::id()));
-        let data: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
-        write_npy_f32(&path, &[2, 3], &data).unwrap();
+    fn npy_round_trip_and_bad_files() {
+        let dir = std::env::temp_dir().join(format!("gaze-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.npy");
+        let data = ndarray::Array2::from_shape_fn((2, 3), |(i, j)| i as f32 * 0.5 - j as f32);
+        write_npy(&path, data.view()).unwrap();
         let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"\x93NUMPY"));
         let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        assert_eq!((10 + header_len) % 64, 0);
-        assert_eq!(read_npy_f32(&path).unwrap(), (vec![2, 3], data));
-        std::fs::remove_file(&path).unwrap();
+        assert_eq!((10 + header_len) % 64, 0, "numpy aligns the data");
+        assert_eq!(read_npy::<ndarray::Ix2>(&path).unwrap(), data);
+        assert!(read_npy::<ndarray::Ix3>(&path).is_err(), "wrong dimensions");
+        // A version-2 header cut short, and a file that is not .npy at all.
+        for (name, bytes) in [
+            ("short_v2.npy", b"\x93NUMPY\x02\x00\xff\xff".to_vec()),
+            ("text.npy", b"not numpy".to_vec()),
+        ] {
+            let bad = dir.join(name);
+            std::fs::write(&bad, bytes).unwrap();
+            let err = read_npy::<ndarray::Ix2>(&bad).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

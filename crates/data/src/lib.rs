@@ -36,8 +36,10 @@ pub use error::DataError;
 /// The `image` crate, re-exported so users of gaze share its `RgbImage`.
 pub use image;
 pub use io::{
-    protect_inputs, read_npy_f32, refuse_inputs, remove_stale_temps, replace_dir, replaced_dir, settle_dir,
-    write_atomic, write_atomic_with, write_npy_f32,
+    protect_inputs, read_npy, refuse_inputs, remove_stale_temps, replace_dir, replaced_dir, settle_dir,
+    write_atomic, write_atomic_with, write_npy,
 };
 pub use layout::{LabeledSet, Layout, PET_SPLITS, detect_layout, read_labeled_set};
+/// The `ndarray` crate, re-exported so that readers of gaze's `.npy` files share its arrays.
+pub use ndarray;
 pub use transform::{EvalTransform, Interpolation};

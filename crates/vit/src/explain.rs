@@ -3,6 +3,7 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use gaze_data::image::RgbImage;
+use ndarray::{Array2, Array3};
 
 use crate::{VisionTransformer, VitConfig};
 
@@ -16,11 +17,9 @@ pub struct Explanation {
     pub crop: (u32, u32, u32),
     /// Patch grid `[rows, cols]`.
     pub grid: [usize; 2],
-    pub heads: usize,
-    /// Tokens per image (class token first).
-    pub tokens: usize,
-    /// Per block, first to last, attention probabilities `[heads, tokens, tokens]`.
-    pub attentions: Vec<Vec<f32>>,
+    /// Per block, first to last, attention probabilities `[heads, tokens, tokens]` (class
+    /// token first).
+    pub attentions: Vec<Array3<f32>>,
     /// Class probabilities (softmax of the logits).
     pub probabilities: Vec<f32>,
 }
@@ -43,11 +42,14 @@ pub fn explain(
         device,
     );
     let out = model.forward_with_attention(batch);
-    let to_vec = |t: Tensor<4>| {
-        t.into_data()
+    let to_array = |t: Tensor<4>| {
+        let [_, heads, tokens, _] = t.dims();
+        let values = t
+            .into_data()
             .convert::<f32>()
             .try_to_vec::<f32>()
-            .expect("f32 attention")
+            .expect("f32 attention");
+        Array3::from_shape_vec((heads, tokens, tokens), values).expect("[1, heads, tokens, tokens]")
     };
     let probabilities = softmax(out.logits, 1)
         .into_data()
@@ -58,25 +60,22 @@ pub fn explain(
         view,
         crop: (left, top, size),
         grid: config.grid(),
-        heads: config.num_heads,
-        tokens: config.num_tokens(),
-        attentions: out.attentions.into_iter().map(to_vec).collect(),
+        attentions: out.attentions.into_iter().map(to_array).collect(),
         probabilities,
     }
 }
 
 impl VisionTransformer {
-    /// Position embeddings of the patches (class-token row dropped), `[patches * dim]`
-    /// row-major, patches row-major over the grid; and `dim`.
-    pub fn patch_pos_embed(&self) -> (Vec<f32>, usize) {
+    /// Position embeddings of the patches (class-token row dropped), `[patches, dim]`,
+    /// patches row-major over the grid.
+    pub fn patch_pos_embed(&self) -> Array2<f32> {
         let [_, tokens, dim] = self.pos_embed.dims();
         let rows = self.pos_embed.val().narrow(1, 1, tokens - 1);
-        (
-            rows.into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .expect("f32 pos_embed"),
-            dim,
-        )
+        let values = rows
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 pos_embed");
+        Array2::from_shape_vec((tokens - 1, dim), values).expect("[1, tokens, dim]")
     }
 }

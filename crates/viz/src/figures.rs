@@ -2,6 +2,7 @@
 
 use gaze_data::resize::resize_plane_bicubic;
 use image::{Rgb, RgbImage};
+use ndarray::{Array2, ArrayView2};
 
 use crate::Colormap;
 use crate::canvas::{BLACK, WHITE, blend, fill_rect, paste, stroke_rect};
@@ -16,13 +17,14 @@ const GAP: u32 = 12;
 const BAR_W: u32 = 16;
 
 /// Bicubic upsampling (antialiased filter, as PyTorch's `interpolate(..., antialias=True)`)
-/// of a row-major `gh x gw` map to `h x w`.
-pub fn upsample_map(map: &[f32], (gh, gw): (usize, usize), (h, w): (usize, usize)) -> Vec<f32> {
+/// of a `[gh, gw]` map to `[h, w]`.
+pub fn upsample_map(map: ArrayView2<f32>, (h, w): (usize, usize)) -> Array2<f32> {
     let plane: Vec<f64> = map.iter().map(|&v| v as f64).collect();
-    resize_plane_bicubic(&plane, 1, (gh, gw), (h, w))
+    let values = resize_plane_bicubic(&plane, 1, map.dim(), (h, w))
         .into_iter()
         .map(|v| v as f32)
-        .collect()
+        .collect();
+    Array2::from_shape_vec((h, w), values).expect("the resize fills h x w")
 }
 
 /// Where the model's square input lies in the displayed image.
@@ -45,26 +47,25 @@ impl Region {
     }
 }
 
-/// `base` with the coarse `map` (row-major `grid`) upsampled over `region` and coloured by
+/// `base` with the coarse `map` (`[rows, cols]` of patches) upsampled over `region` and coloured by
 /// `cmap` at opacity `alpha`; values are placed on `range` (low, high). Outside `region`,
 /// where the model saw nothing, the image is dimmed. `region` may overhang the image.
 pub fn overlay(
     base: &RgbImage,
-    map: &[f32],
-    grid: (usize, usize),
+    map: ArrayView2<f32>,
     region: Region,
     range: (f32, f32),
     cmap: Colormap,
     alpha: f32,
 ) -> RgbImage {
     let mut out = base.clone();
-    let heat = upsample_map(map, grid, (region.height as usize, region.width as usize));
+    let heat = upsample_map(map, (region.height as usize, region.width as usize));
     let span = (range.1 - range.0).max(f32::MIN_POSITIVE);
     for (x, y, _) in base.enumerate_pixels() {
         let inside =
             x >= region.x && y >= region.y && x < region.x + region.width && y < region.y + region.height;
         if inside {
-            let v = heat[((y - region.y) * region.width + (x - region.x)) as usize];
+            let v = heat[[(y - region.y) as usize, (x - region.x) as usize]];
             blend(
                 &mut out,
                 x as i32,
@@ -166,10 +167,10 @@ pub fn panel_grid(
 
 /// The ViT paper's Figure 7: for each patch position `(r, c)` of a `gh x gw` grid, the
 /// cosine similarity of its position embedding with every position's, as a small map at
-/// row `r`, column `c`. `similarity` is the row-major `N x N` matrix, `N = gh * gw`.
-pub fn posembed_figure(similarity: &[f32], (gh, gw): (usize, usize), cmap: Colormap) -> RgbImage {
+/// row `r`, column `c`. `similarity` is the `[N, N]` matrix, `N = gh * gw`.
+pub fn posembed_figure(similarity: ArrayView2<f32>, (gh, gw): (usize, usize), cmap: Colormap) -> RgbImage {
     let n = gh * gw;
-    assert_eq!(similarity.len(), n * n, "similarity must be (gh*gw)^2");
+    assert_eq!(similarity.dim(), (n, n), "similarity must be [gh*gw, gh*gw]");
     let scale = (72 / gh.max(gw)).max(1) as u32;
     let (map_w, map_h) = (gw as u32 * scale, gh as u32 * scale);
     let gap = 3u32;
@@ -257,7 +258,7 @@ pub fn posembed_figure(similarity: &[f32], (gh, gw): (usize, usize), cmap: Color
     }
     for r in 0..gh {
         for c in 0..gw {
-            let row = &similarity[(r * gw + c) * n..][..n];
+            let row = similarity.row(r * gw + c);
             let (x0, y0) = (left + c as u32 * (map_w + gap), top + r as u32 * (map_h + gap));
             for (k, &v) in row.iter().enumerate() {
                 let (kr, kc) = ((k / gw) as u32, (k % gw) as u32);
@@ -289,13 +290,12 @@ pub fn posembed_figure(similarity: &[f32], (gh, gw): (usize, usize), cmap: Color
     canvas
 }
 
-/// The image as displayed, then one overlay per `(label, map)` over `region`, all on one
-/// colour scale (the maps' joint min..max), titled `title`.
+/// The image as displayed, then one overlay per `(label, map)` (each `[rows, cols]` of
+/// patches) over `region`, all on one colour scale (the maps' joint min..max), titled `title`.
 pub fn attention_figure(
     view: &RgbImage,
     region: Region,
-    maps: &[(String, Vec<f32>)],
-    grid: (usize, usize),
+    maps: &[(String, Array2<f32>)],
     title: &str,
     cmap: Colormap,
     columns: usize,
@@ -346,7 +346,7 @@ pub fn attention_figure(
     }];
     for (label, map) in maps {
         panels.push(Panel {
-            image: overlay(view, map, grid, region, range, cmap, 0.55),
+            image: overlay(view, map.view(), region, range, cmap, 0.55),
             label: label.clone(),
         });
     }
@@ -509,9 +509,9 @@ mod tests {
             width: 384,
             height: 384,
         };
-        let mut map = vec![0.0; 24 * 24];
-        map[12 * 24 + 12] = 1.0;
-        let out = overlay(&base, &map, (24, 24), region, (0.0, 1.0), Colormap::Viridis, 1.0);
+        let mut map = Array2::zeros((24, 24));
+        map[[12, 12]] = 1.0;
+        let out = overlay(&base, map.view(), region, (0.0, 1.0), Colormap::Viridis, 1.0);
         assert_eq!(out.dimensions(), (575, 384));
         // Peak cell (12, 12) covers pixels 192..208 of the region.
         let peak = out.get_pixel(96 + 200, 200).0;
@@ -554,10 +554,8 @@ mod tests {
     fn posembed_figure_draws_each_map_where_it_belongs() {
         // 2x3 grid; similarity 1 on the diagonal, -1 elsewhere.
         let n = 6;
-        let sim: Vec<f32> = (0..n * n)
-            .map(|i| if i / n == i % n { 1.0 } else { -1.0 })
-            .collect();
-        let fig = posembed_figure(&sim, (2, 3), Colormap::Viridis);
+        let sim = Array2::from_shape_fn((n, n), |(i, j)| if i == j { 1.0 } else { -1.0 });
+        let fig = posembed_figure(sim.view(), (2, 3), Colormap::Viridis);
         let hot = Colormap::Viridis.rgb(1.0);
         let hot_pixels = fig.pixels().filter(|p| p.0 == hot).count();
         let scale = (72 / 3) as usize;
