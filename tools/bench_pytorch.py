@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""PyTorch side of `cargo xtask bench`: the same workloads as crates/cli/examples/bench.rs
-(timm vit_small_patch16_384, 37 classes, fp32, CPU threads = all cores, or the GPU with
+"""Reference side of `cargo xtask bench`: the same workloads as crates/cli/examples/bench.rs
+(timm vit_small_patch16_384, 37 classes, CPU threads = all cores, or the GPU with
 BENCH_TORCH_DEVICE=cuda), one JSON object per line; BENCH_ONLY (comma-separated workload
 names) runs a subset. Needs torch; without timm (the borrowed GPU machines have none) the ViT
-is the same architecture written below in plain PyTorch."""
+is the same architecture written below in plain PyTorch.
+
+BENCH_VARIANT picks the reference:
+  fp32  PyTorch eager in float32 (the default);
+  bf16  PyTorch eager under torch.autocast(device, dtype=torch.bfloat16), inference and the
+        training step (master weights and the optimizer stay float32);
+  onnx  ONNX Runtime (CPU execution provider, float32, all optimisations) on the ViT exported
+        by torch.onnx from the same model, inference rows only.
+A variant whose packages are missing exits with status 3 and the reason on stderr."""
 import json
 import os
 import sys
@@ -18,6 +26,7 @@ except ImportError:
     timm = None
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+VARIANT = os.environ.get("BENCH_VARIANT", "fp32")
 DEVICE = os.environ.get("BENCH_TORCH_DEVICE", "cpu")
 ONLY = os.environ.get("BENCH_ONLY")
 
@@ -142,18 +151,49 @@ class PlainVit(torch.nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
+def onnx_session(model):
+    """An ONNX Runtime session of `model` exported with a dynamic batch."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("onnxruntime is not installed", file=sys.stderr)
+        sys.exit(3)
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="gaze-bench-onnx-"), "vit.onnx")
+    x = torch.randn(1, 3, 384, 384)
+    torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def autocast():
+    return torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=VARIANT == "bf16")
+
+
 def main():
+    if VARIANT not in ("fp32", "bf16", "onnx"):
+        sys.exit(f"unknown BENCH_VARIANT {VARIANT}: fp32, bf16 or onnx")
     torch.manual_seed(0)
     if timm is not None:
         model = timm.create_model("vit_small_patch16_384", num_classes=37)
     else:
         model = PlainVit()
     model = model.eval().to(DEVICE)
-    with torch.no_grad():
-        for batch in (1, 8):
-            if wanted(f"vit_infer_b{batch}"):
-                x = torch.randn(batch, 3, 384, 384, device=DEVICE)
-                report(f"vit_infer_b{batch}", batch, median_time(lambda: model(x)))
+    infer = [b for b in (1, 8) if wanted(f"vit_infer_b{b}")]
+    if VARIANT == "onnx":
+        session = onnx_session(model) if infer else None
+        for batch in infer:
+            x = torch.randn(batch, 3, 384, 384).numpy()
+            report(f"vit_infer_b{batch}", batch, median_time(lambda: session.run(None, {"x": x})))
+        return
+    with torch.no_grad(), autocast():
+        for batch in infer:
+            x = torch.randn(batch, 3, 384, 384, device=DEVICE)
+            report(f"vit_infer_b{batch}", batch, median_time(lambda: model(x)))
     if wanted("vit_train_b8"):
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=3e-4, momentum=0.9)
@@ -161,11 +201,13 @@ def main():
 
         def step():
             opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            with autocast():
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
 
         report("vit_train_b8", 8, median_time(step))
-    if wanted("caption_127"):
+    if wanted("caption_127") and VARIANT == "fp32":
         caption_127()
     vit = "timm" if timm is not None else "plain PyTorch (no timm)"
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "vit": vit}), file=sys.stderr)

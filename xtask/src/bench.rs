@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: gaze's workloads beside PyTorch's on the same machine, as ratios.
+//! `cargo xtask bench`: gaze's workloads beside PyTorch's on the same machine, as ratios,
+//! and the ViT rows as GFLOP/s and a share of the machine's measured fp32 FMA peak.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,22 +22,24 @@ pub struct BenchArgs {
     /// Timed runs per workload (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Run each workload this many times on both sides and report medians: in each round a
-    /// workload's gaze and PyTorch runs come back to back, the side that goes first taking
-    /// turns, and the ratio is the median of the rounds' ratios, so both sides of a ratio see
-    /// the same moment of a shared machine, whose speed drifts over minutes.
+    /// Run each workload this many times on every side and report medians: in each round a
+    /// workload's gaze and reference runs come back to back, the side that goes first
+    /// rotating, and each ratio is the median of the rounds' ratios, so both sides of a ratio
+    /// see the same moment of a shared machine, whose speed drifts over minutes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
     /// Only these workloads, comma-separated (e.g. `--only vit_train_b8 --rounds 8` to pin one
     /// row down); all four when not given.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(WORKLOADS))]
     only: Vec<String>,
-    /// Python with torch and timm for the reference rows (skipped if it has neither).
+    /// Python with torch and timm (and onnxruntime for its column) for the reference columns;
+    /// a column whose packages are missing is skipped with the reason.
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
-    /// Also write {"machine", "rows": [{"workload", "unit", "gaze", "pytorch", "ratio",
-    /// "gaze_rounds", "pytorch_rounds", "ratio_rounds"}]} here (the rounds' values before the
-    /// median).
+    /// Also write {"machine" (with "fma_peak"), "rows": [{"workload", "unit", "gaze",
+    /// "references": {fp32, bf16, onnx}, "ratios": {...}, "gaze_gflops", "pytorch_gflops",
+    /// "rounds": [[gaze's], [fp32's], ...], "ratio_rounds"}]} here (the rounds' values before
+    /// the median).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -57,6 +60,14 @@ fn value(rows: &[Value], workload: &str) -> Option<f64> {
 /// The workloads of `crates/cli/examples/bench.rs` and `tools/bench_pytorch.py`, each run by
 /// itself (`BENCH_ONLY`), in the table's order.
 const WORKLOADS: [&str; 4] = ["vit_infer_b1", "vit_infer_b8", "vit_train_b8", "caption_127"];
+
+/// The reference columns: `tools/bench_pytorch.py`'s `BENCH_VARIANT` and the column's name.
+/// bf16 has no caption row, ONNX Runtime only the inference rows.
+const REFERENCES: [(&str, &str); 3] = [
+    ("fp32", "PyTorch fp32"),
+    ("bf16", "PyTorch bf16 autocast"),
+    ("onnx", "ONNX Runtime fp32"),
+];
 
 /// The median of `values`, `None` if there are none.
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -102,27 +113,40 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     }
     println!("gaze ({}): {cmd:?}", args.backend);
     let script = root.join("tools/bench_pytorch.py");
-    let mut torch = Command::new(&args.python);
-    torch
-        .arg(&script)
-        .env("BENCH_REPEATS", &repeats)
-        .env("BENCH_TORCH_DEVICE", &args.torch_device);
     let workloads: Vec<&str> = WORKLOADS
         .into_iter()
         .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w))
         .collect();
+    let out = cmd
+        .env("BENCH_ONLY", "fma_peak")
+        .output()
+        .context("could not run cargo")?;
+    if !out.status.success() {
+        bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let peak_row = json_lines(&out.stdout).into_iter().next();
+    let peak = peak_row.as_ref().and_then(|r| r["value"].as_f64());
+    if let Some(row) = &peak_row {
+        println!(
+            "fp32 FMA peak: {:.1} GFLOP/s ({} threads, {})",
+            peak.unwrap_or(0.0),
+            row["threads"],
+            row["isa"].as_str().unwrap_or("?")
+        );
+    }
     let rounds = args.rounds as usize;
-    // [round] -> the JSON lines each side printed in that round.
-    let (mut gaze_rounds, mut pytorch_rounds) = (vec![Vec::new(); rounds], vec![Vec::new(); rounds]);
-    let mut torch_runs = true;
+    // Side 0 is gaze, then the references; [side][round] -> the JSON lines printed.
+    let mut results = vec![vec![Vec::new(); rounds]; 1 + REFERENCES.len()];
+    let mut missing: Vec<Option<String>> = vec![None; REFERENCES.len()];
     for round in 0..rounds {
         if rounds > 1 {
             println!("round {} of {rounds}", round + 1);
         }
         for &workload in &workloads {
-            // gaze goes first in odd rounds, PyTorch in even ones.
-            for gaze_turn in [round % 2 == 0, round % 2 == 1] {
-                if gaze_turn {
+            // Back to back, the side that goes first taking turns from round to round.
+            let sides = results.len();
+            for side in (0..sides).map(|k| (k + round) % sides) {
+                if side == 0 {
                     let out = cmd
                         .env("BENCH_ONLY", workload)
                         .output()
@@ -130,65 +154,129 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
                     if !out.status.success() {
                         bail!("gaze bench failed: {}", String::from_utf8_lossy(&out.stderr));
                     }
-                    gaze_rounds[round].extend(json_lines(&out.stdout));
+                    results[0][round].extend(json_lines(&out.stdout));
                     continue;
                 }
-                if !torch_runs {
+                let (variant, name) = REFERENCES[side - 1];
+                if missing[side - 1].is_some() || (variant != "fp32" && workload == "caption_127") {
                     continue;
                 }
-                match torch.env("BENCH_ONLY", workload).output() {
-                    Ok(o) if o.status.success() => pytorch_rounds[round].extend(json_lines(&o.stdout)),
-                    _ => {
+                if variant == "onnx" && workload == "vit_train_b8" {
+                    continue;
+                }
+                let out = Command::new(&args.python)
+                    .arg(&script)
+                    .env("BENCH_REPEATS", &repeats)
+                    .env("BENCH_TORCH_DEVICE", &args.torch_device)
+                    .env("BENCH_VARIANT", variant)
+                    .env("BENCH_ONLY", workload)
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => results[side][round].extend(json_lines(&o.stdout)),
+                    other => {
+                        let why = match other {
+                            Ok(o) => String::from_utf8_lossy(&o.stderr)
+                                .lines()
+                                .last()
+                                .unwrap_or("")
+                                .to_string(),
+                            Err(e) => e.to_string(),
+                        };
                         println!(
-                            "(no PyTorch rows: {} cannot run {} with torch and timm)",
+                            "(no {name} column: {} {}: {why})",
                             args.python.display(),
                             script.display()
                         );
-                        // gaze's runs go on without it.
-                        torch_runs = false;
+                        missing[side - 1] = Some(why);
                     }
                 }
             }
         }
     }
     let mut rows = Vec::new();
+    let names: Vec<&str> = REFERENCES.iter().map(|r| r.1).collect();
     println!(
-        "\n| workload | unit | gaze | PyTorch | ratio (above 1: gaze is faster) |\n|---|---|---|---|---|"
+        "\n| workload | unit | gaze | {} | gaze / each (above 1: gaze is faster) | gaze GFLOP/s (% of peak) | PyTorch fp32 GFLOP/s (% of peak) |",
+        names.join(" | ")
     );
+    println!("|{}", "---|".repeat(6 + names.len()));
     for &workload in &workloads {
-        let Some(unit) = gaze_rounds[0]
+        let Some(unit) = results[0][0]
             .iter()
             .find(|r| r["workload"] == workload)
             .map(|r| r["unit"].as_str().unwrap_or("images/s").to_string())
         else {
             continue;
         };
-        let each = |rounds: &[Vec<Value>]| -> Vec<Option<f64>> {
-            rounds.iter().map(|rows| value(rows, workload)).collect()
-        };
-        let (gaze, pytorch) = (each(&gaze_rounds), each(&pytorch_rounds));
-        // Throughput: gaze / PyTorch; latency (seconds): PyTorch / gaze.
-        let ratios: Vec<Option<f64>> = gaze
+        // [side][round]
+        let values: Vec<Vec<Option<f64>>> = results
             .iter()
-            .zip(&pytorch)
-            .map(|(g, p)| g.zip(*p).map(|(g, p)| if unit == "s" { p / g } else { g / p }))
+            .map(|side| side.iter().map(|lines| value(lines, workload)).collect())
             .collect();
-        let (g, p) = (
-            median(gaze.iter().flatten().copied().collect()),
-            median(pytorch.iter().flatten().copied().collect()),
-        );
-        let ratio = median(ratios.iter().flatten().copied().collect());
+        let medians: Vec<Option<f64>> = values
+            .iter()
+            .map(|v| median(v.iter().flatten().copied().collect()))
+            .collect();
+        // Per reference, the median of the rounds' ratios. Throughput: gaze / reference;
+        // latency (seconds): reference / gaze.
+        let ratio_rounds: Vec<Vec<Option<f64>>> = values[1..]
+            .iter()
+            .map(|reference| {
+                values[0]
+                    .iter()
+                    .zip(reference)
+                    .map(|(g, r)| g.zip(*r).map(|(g, r)| if unit == "s" { r / g } else { g / r }))
+                    .collect()
+            })
+            .collect();
+        let ratios: Vec<Option<f64>> = ratio_rounds
+            .iter()
+            .map(|r| median(r.iter().flatten().copied().collect()))
+            .collect();
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        // Images/s times the products each side runs per image (gaze's last block for the
+        // class token alone, timm's for every token).
+        let flop = |key: &str| {
+            results[0][0]
+                .iter()
+                .find(|r| r["workload"] == workload)
+                .and_then(|r| r[key].as_f64())
+        };
+        let gflops = |rate: Option<f64>, key: &str| rate.zip(flop(key)).map(|(r, f)| r * f / 1e9);
+        let gaze_gflops = gflops(medians[0], "flop_per_image");
+        let pytorch_gflops = gflops(medians[1], "reference_flop_per_image");
+        let share = |v: Option<f64>| match (v, peak) {
+            (Some(v), Some(peak)) => format!("{v:.0} ({:.0} %)", 100.0 * v / peak),
+            _ => "-".into(),
+        };
+        let references: Vec<String> = medians[1..].iter().map(|&v| fmt(v)).collect();
+        let each: Vec<String> = ratios.iter().map(|&v| fmt(v)).collect();
         println!(
-            "| {workload} | {unit} | {} | {} | {} |",
-            fmt(g),
-            fmt(p),
-            fmt(ratio)
+            "| {workload} | {unit} | {} | {} | {} | {} | {} |",
+            fmt(medians[0]),
+            references.join(" | "),
+            each.join(" / "),
+            share(gaze_gflops),
+            share(pytorch_gflops)
         );
+        let by_name = |items: &[Option<f64>]| -> serde_json::Map<String, Value> {
+            REFERENCES
+                .iter()
+                .zip(items)
+                .map(|((v, _), x)| (v.to_string(), json!(x)))
+                .collect()
+        };
         rows.push(json!({
-            "workload": workload, "unit": unit, "gaze": g, "pytorch": p, "ratio": ratio,
-            "gaze_rounds": gaze, "pytorch_rounds": pytorch, "ratio_rounds": ratios,
+            "workload": workload, "unit": unit, "gaze": medians[0],
+            "references": by_name(&medians[1..]), "ratios": by_name(&ratios),
+            "gaze_gflops": gaze_gflops, "pytorch_gflops": pytorch_gflops,
+            "rounds": values, "ratio_rounds": ratio_rounds,
         }));
+    }
+    for ((_, name), why) in REFERENCES.iter().zip(&missing) {
+        if let Some(why) = why {
+            println!("{name}: skipped ({why})");
+        }
     }
     if let Some(path) = &args.json {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -201,6 +289,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
                 "cpu": cpu_model(),
                 "repeats": args.repeats,
                 "rounds": args.rounds,
+                "fma_peak": peak_row,
             },
             "rows": rows,
         });

@@ -1,7 +1,10 @@
 //! Workloads for `cargo xtask bench`: ViT-S/16-384 inference (batch 1 and 8), one SGD
 //! training step (batch 8), and a 127-token CATR v3 caption of a 299x224 input, each the
-//! median of repeated runs after a warm-up. Prints one JSON object per line:
-//! `{"workload", "unit", "value"}` (images/s, or seconds for the caption).
+//! median of repeated runs after a warm-up; and `fma_peak`, the machine's measured fp32 FMA
+//! throughput ([`gaze_nn::peak`]). Prints one JSON object per line: `{"workload", "unit",
+//! "value"}` (images/s, or seconds for the caption, or GFLOP/s for the peak); the ViT rows
+//! add `flop_per_image` (the products gaze runs, its last block for the class token alone)
+//! and `reference_flop_per_image` (timm's, every token in every block).
 //!
 //! `BENCH_DEVICE` picks the device (see `gaze predict --help`; default `auto`),
 //! `BENCH_REPEATS` the number of timed runs (default 5) and `BENCH_ONLY` a comma-separated
@@ -38,9 +41,11 @@ fn time(repeats: usize, mut run: impl FnMut()) -> f64 {
     )
 }
 
-fn report(workload: &str, images: usize, seconds: f64) {
+/// One ViT row: images per second, and the floating-point operations per image of gaze's
+/// forward (or training step) and of timm's.
+fn report(workload: &str, images: usize, seconds: f64, (flop, reference_flop): (f64, f64)) {
     println!(
-        "{{\"workload\": \"{workload}\", \"unit\": \"images/s\", \"value\": {:.4}}}",
+        "{{\"workload\": \"{workload}\", \"unit\": \"images/s\", \"value\": {:.4}, \"flop_per_image\": {flop:.0}, \"reference_flop_per_image\": {reference_flop:.0}}}",
         images as f64 / seconds
     );
 }
@@ -79,6 +84,13 @@ fn main() {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|w| w == workload))
     };
+    if wanted("fma_peak") {
+        let peak = gaze_nn::peak::fma_peak(None);
+        println!(
+            "{{\"workload\": \"fma_peak\", \"unit\": \"GFLOP/s\", \"value\": {:.1}, \"isa\": \"{}\", \"threads\": {}}}",
+            peak.gflops, peak.isa, peak.threads
+        );
+    }
     let config = VitConfig::new().with_num_classes(37);
     let model = config.init(&device);
     for batch in [1usize, 8] {
@@ -89,7 +101,8 @@ fn main() {
         let seconds = time(repeats, || {
             let _ = model.forward(x.clone()).into_data();
         });
-        report(&format!("vit_infer_b{batch}"), batch, seconds);
+        let flops = (config.forward_flops(true), config.forward_flops(false));
+        report(&format!("vit_infer_b{batch}"), batch, seconds, flops);
     }
     if wanted("vit_train_b8") {
         train_step(&config, &device, repeats);
@@ -125,5 +138,12 @@ fn train_step(config: &VitConfig, device: &burn::tensor::Device, repeats: usize)
         model = optim.step(3e-4, model.clone(), grads);
         let _ = model.head.bias.as_ref().map(|b| b.val().into_data());
     });
-    report("vit_train_b8", 8, seconds);
+    let rest_of_last_block = config.forward_flops(false) - config.forward_flops(true);
+    let timm_training = config.training_flops() + 3.0 * rest_of_last_block;
+    report(
+        "vit_train_b8",
+        8,
+        seconds,
+        (config.training_flops(), timm_training),
+    );
 }

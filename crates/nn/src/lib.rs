@@ -9,6 +9,7 @@
 //!   elsewhere.
 //! * [`decode`]: kernels that feed one row at a time through small layers on plain slices,
 //!   for greedy decoding.
+//! * [`peak`]: the machine's measured fp32 FMA throughput, the bench's reference.
 //! * [`test_support`]: the fixtures folder and the `wgpu` device of the integration tests.
 //! * [`checkpoint`]: what a `.safetensors` or PyTorch file holds, read without its data, the
 //!   comparison with what a model expects, and saving a module as `.safetensors` in
@@ -18,6 +19,7 @@ pub mod checkpoint;
 pub mod decode;
 pub mod device;
 pub mod ops;
+pub mod peak;
 pub mod test_support;
 
 #[cfg(feature = "flex")]

@@ -150,6 +150,45 @@ impl VitConfig {
         4.0 * (weights + activations)
     }
 
+    /// Floating-point operations of one image's matrix products (a multiply-add counts two):
+    /// the patch embedding, every block's projections, attention scores and weighted sums,
+    /// MLP and the head. Element-wise work (softmax, GELU, layer norm) is left out, as FLOP
+    /// counts usually do. `class_token_last_block`: the last block for the class token alone,
+    /// as [`VisionTransformer::forward`](crate::VisionTransformer::forward) runs it (timm
+    /// runs it for every token).
+    pub fn forward_flops(&self, class_token_last_block: bool) -> f64 {
+        let d = self.embed_dim as f64;
+        let hidden = d * self.mlp_ratio;
+        let tokens = self.num_tokens() as f64;
+        let patches = tokens - 1.0;
+        let patch_in = (self.in_chans * self.patch_size * self.patch_size) as f64;
+        let patch_embed = 2.0 * patches * patch_in * d;
+        // Per token: q, k, v, output projection, two MLP layers; per pair of tokens: a score
+        // and a weighted sum, across all heads together.
+        let block = |queries: f64| {
+            2.0 * tokens * d * 3.0 * d
+                + 4.0 * queries * tokens * d
+                + queries * (2.0 * d * d + 4.0 * d * hidden)
+        };
+        let depth = self.depth as f64;
+        let blocks = if class_token_last_block && self.depth > 0 {
+            (depth - 1.0) * block(tokens) + block(1.0)
+        } else {
+            depth * block(tokens)
+        };
+        patch_embed + blocks + 2.0 * d * self.num_classes as f64
+    }
+
+    /// Floating-point operations of one image's training step, forward and backward: every
+    /// product's backward pass costs two of its forward (the gradients of its inputs and of
+    /// its weights), except the patch embedding's, whose input (the image) needs none.
+    pub fn training_flops(&self) -> f64 {
+        let d = self.embed_dim as f64;
+        let patches = (self.num_tokens() - 1) as f64;
+        let patch_embed = 2.0 * patches * (self.in_chans * self.patch_size * self.patch_size) as f64 * d;
+        3.0 * self.forward_flops(true) - patch_embed
+    }
+
     /// The same architecture with another number of classes (and so no class names, unless
     /// the count is unchanged).
     pub fn with_classes(&self, num_classes: usize) -> Self {
@@ -179,6 +218,27 @@ mod tests {
         assert_eq!(VitConfig::preset("vit_base_patch16_224").unwrap().crop_pct, 0.9);
         assert!(VitConfig::preset("vit_huge_patch14_224").is_err());
         assert!(VitConfig::preset("resnet50").is_err());
+    }
+
+    #[test]
+    fn flops_known_answers() {
+        let s = VitConfig::new().with_num_classes(1000);
+        // timm's profile of vit_small_patch16_384: 15.5 GMACs (every token in every block).
+        let timm = s.forward_flops(false);
+        assert!((timm / 2e9 - 15.5).abs() < 0.05, "{timm}");
+        // One block by hand: 577 tokens, dim 384, MLP 1536.
+        let block = 577.0 * (8.0 * 384f64.powi(2) + 4.0 * 384.0 * 1536.0) + 4.0 * 577f64.powi(2) * 384.0;
+        let cls_block =
+            2.0 * 577.0 * 384.0 * 1152.0 + 4.0 * 577.0 * 384.0 + 2.0 * 384f64.powi(2) + 4.0 * 384.0 * 1536.0;
+        let ours = s.forward_flops(true);
+        assert!((timm - ours - (block - cls_block)).abs() < 1.0, "{timm} {ours}");
+        assert!(
+            (1.0 - ours / timm - 0.0656).abs() < 0.001,
+            "{}",
+            1.0 - ours / timm
+        );
+        let patch_embed = 2.0 * 576.0 * 768.0 * 384.0;
+        assert_eq!(s.training_flops(), 3.0 * ours - patch_embed);
     }
 
     #[test]
