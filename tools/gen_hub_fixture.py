@@ -29,6 +29,9 @@ from safetensors.torch import load_file
 from timm.data import create_transform, resolve_data_config
 from timm.models import _hub
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_vit_fixtures import perturb  # noqa: E402
+
 FIXTURES = Path(__file__).resolve().parent.parent / "crates/vit/tests/fixtures"
 LABELS = ["Abyssinian", "Bengal", "american_bulldog", "beagle"]
 MODEL_ARGS = {"img_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3}
@@ -45,15 +48,8 @@ def write_fixture():
     model = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, num_classes=len(LABELS),
         pretrained_cfg_overlay=OVERLAY, **MODEL_ARGS)
+    perturb(model)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn_like(p) * 0.2)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + torch.randn_like(p) * 0.3)
-        model.cls_token.copy_(torch.randn_like(model.cls_token))
-        for block in model.blocks:
-            block.attn.qkv.weight[:96] *= 9.0
         model.patch_embed.proj.weight *= 20.0
         model.head.weight *= 30.0
     model.eval()

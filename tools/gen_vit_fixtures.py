@@ -86,9 +86,9 @@ def write_images():
     return images
 
 
-def perturbed_reduced_model():
-    m = timm.models.vision_transformer.VisionTransformer(
-        img_size=64, patch_size=16, embed_dim=48, depth=2, num_heads=3, num_classes=5)
+def perturb(m):
+    """Random biases and LayerNorm affines, a random class token, and sharper q and k, in place:
+    plain timm init would make attention uniform and LayerNorm the identity."""
     with torch.no_grad():
         for name, p in m.named_parameters():
             if name.endswith("bias"):
@@ -98,7 +98,13 @@ def perturbed_reduced_model():
         m.cls_token.copy_(torch.randn_like(m.cls_token))
         for blk in m.blocks:
             blk.attn.qkv.weight[:96] *= 9.0  # sharpen q and k so softmax is far from uniform
-    return m.eval()
+    return m
+
+
+def perturbed_reduced_model():
+    m = timm.models.vision_transformer.VisionTransformer(
+        img_size=64, patch_size=16, embed_dim=48, depth=2, num_heads=3, num_classes=5)
+    return perturb(m).eval()
 
 
 def fnv1a(name):

@@ -40,6 +40,12 @@ impl WeightsArgs {
         std::iter::once(self.weights.as_path()).chain(self.model_config.as_deref())
     }
 
+    /// Claims the weights, the config and `images` as inputs and `outputs` as the command's
+    /// output files ([`claim_files`]).
+    fn claim(&self, images: &[PathBuf], outputs: &[PathBuf]) -> Result<()> {
+        claim_files(self.inputs().chain(images.iter().map(PathBuf::as_path)), outputs)
+    }
+
     /// [`load_pretrained`], with the advice a command-line user needs when the file does not
     /// fit.
     pub fn load(&self, device: &Device) -> Result<(VisionTransformer, VitConfig)> {
@@ -147,12 +153,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
     let outputs: Vec<PathBuf> = std::iter::once(&args.out).chain(&args.json).cloned().collect();
     let mut paths = collect_images(&args.images)?;
     paths.sort_by_key(|p| display_name(p));
-    let inputs = args
-        .model
-        .source
-        .inputs()
-        .chain(paths.iter().map(PathBuf::as_path));
-    claim_files(inputs, &outputs)?;
+    args.model.source.claim(&paths, &outputs)?;
     let classifier = args.model.load()?;
     let config = &classifier.1;
     if args.with_names && config.label_names.is_none() {
@@ -223,12 +224,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let outputs: Vec<PathBuf> = args.json.iter().cloned().collect();
     let mut set = read_labeled_set(&args.data, args.split.as_deref(), "test")?;
     let paths: Vec<PathBuf> = set.images.iter().map(|i| i.path.clone()).collect();
-    let inputs = args
-        .model
-        .source
-        .inputs()
-        .chain(paths.iter().map(PathBuf::as_path));
-    claim_files(inputs, &outputs)?;
+    args.model.source.claim(&paths, &outputs)?;
     eprintln!("{} images, {}", set.images.len(), set.layout.describe());
     let classifier = args.model.load()?;
     let config = &classifier.1;
