@@ -173,3 +173,46 @@ fn the_real_path_writes_every_result_of_the_assignment() {
     assert!(err.contains("vit_small_patch16_384.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_quick_synthetic_run_writes_every_figure_into_its_own_folder() {
+    let dir = scratch("reproduce-quick");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = dir.join("runs");
+    let argv = ["--quick", "--out", s(&out), "--gaze", env!("CARGO_BIN_EXE_gaze")];
+    xtask::reproduce::reproduce_from(&root, &argv).unwrap();
+
+    let quick = out.join("synthetic-quick");
+    assert!(!out.join("synthetic").exists());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(quick.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&summary["mode"], &summary["quick"]),
+        (&"synthetic".into(), &true.into())
+    );
+    let csv = std::fs::read_to_string(quick.join("vit/predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 24, "{csv}");
+    // One epoch per training, on the small sets.
+    for run in ["vit", "ablations/lr_x10", "catr"] {
+        let trained: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(quick.join(run).join("summary.json")).unwrap()).unwrap();
+        assert_eq!(trained["epochs"], 1, "{run}: {trained}");
+    }
+    assert_eq!(summary["named_images"].as_array().unwrap().len(), 3);
+    assert_eq!(summary["captions"].as_array().unwrap().len(), 5);
+    let figures = quick.join("figures");
+    assert!(figures.join("posembed.png").exists());
+    assert_eq!(
+        std::fs::read_dir(figures.join("captions"))
+            .unwrap()
+            .filter(|e| { e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png") })
+            .count(),
+        5
+    );
+    let page = std::fs::read_to_string(quick.join("report.html")).unwrap();
+    assert!(
+        page.contains("quick check"),
+        "the report does not say it is a quick run"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,7 +10,7 @@ use gaze_records::{CaptionRecord, CaptionSummary, SceneRecord};
 
 use super::report::{Section, escape};
 use super::runner::{Runner, arg, read_json};
-use super::{Captioned, Summary};
+use super::{Captioned, QUICK_SCHEDULE, Summary};
 
 /// A CATR checkpoint, its vocabulary, and its architecture when it is not v3's.
 pub struct Model<'a> {
@@ -77,21 +77,31 @@ pub fn published(
 
 /// Generates synthetic scenes, trains a small CATR on them with teacher forcing, captions
 /// five held-out scenes with their attention figures, and reports exact match and pointing
-/// accuracy over every held-out scene.
-pub fn synthetic(root: &Path, out: &Path, r: &mut Runner, summary: &mut Summary) -> Result<Section> {
+/// accuracy over every held-out scene. `quick`: 64 + 8 scenes and one epoch.
+pub fn synthetic(
+    root: &Path,
+    out: &Path,
+    quick: bool,
+    r: &mut Runner,
+    summary: &mut Summary,
+) -> Result<Section> {
     let scenes = out.join("data/scenes");
     let vocab = scenes.join("vocab.txt");
     let val_dir = scenes.join("val");
+    let mut synth_args = vec!["synth".into(), "--captions".into(), "--out".into(), arg(&scenes)];
+    if quick {
+        synth_args.extend(["--train", "64", "--val", "8"].map(String::from));
+    }
     r.step(
         "synthetic caption set",
         &[],
         &[vocab.clone(), val_dir.join("captions.json")],
-        &["synth".into(), "--captions".into(), "--out".into(), arg(&scenes)],
+        &synth_args,
     )?;
     let config = root.join("configs/caption/synth_catr.toml");
     let run = out.join("catr");
     let (weights, run_summary) = (run.join("model.safetensors"), run.join("summary.json"));
-    let train_args = vec![
+    let mut train_args = vec![
         "caption-train".into(),
         "--config".into(),
         arg(&config),
@@ -99,6 +109,9 @@ pub fn synthetic(root: &Path, out: &Path, r: &mut Runner, summary: &mut Summary)
         arg(&run),
         format!("data.dir=\"{}\"", scenes.display()),
     ];
+    if quick {
+        train_args.extend(QUICK_SCHEDULE.map(String::from));
+    }
     r.train(
         "train the captioner",
         &[config, scenes.join("train"), val_dir.clone()],

@@ -24,6 +24,8 @@ pub struct Classification<'a> {
     pub vit_weights: Option<&'a Path>,
     /// `--set` overrides of the training config.
     pub overrides: &'a [String],
+    /// `--quick`: a small synthetic set.
+    pub quick: bool,
 }
 
 impl Classification<'_> {
@@ -259,19 +261,23 @@ impl Classification<'_> {
             return Ok(());
         }
         let data = self.data_root();
+        let mut args = vec![
+            "synth".into(),
+            "--out".into(),
+            arg(&data),
+            "--size".into(),
+            "64".into(),
+            "--classes".into(),
+            "6".into(),
+        ];
+        if self.quick {
+            args.extend(["--train", "96", "--val", "24"].map(String::from));
+        }
         r.step(
             "synthetic classification set",
             &[],
             &[data.join("classes.txt")],
-            &[
-                "synth".into(),
-                "--out".into(),
-                arg(&data),
-                "--size".into(),
-                "64".into(),
-                "--classes".into(),
-                "6".into(),
-            ],
+            &args,
         )
     }
 

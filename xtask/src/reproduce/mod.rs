@@ -3,7 +3,8 @@
 //! Three modes, each in its own folder under `--out`: `synthetic` (the default: a built-in
 //! set on the CPU), `real` (`--data`: the course recipe from `--vit-weights`, and captions
 //! with `--catr-weights`), and `captions` (`--catr-weights` without `--data`: captions of
-//! `--captions DIR`). A folder made by one mode, or with other data or weights, is refused
+//! `--captions DIR`); `--quick` shrinks the synthetic run to a check that every step runs
+//! (`synthetic-quick`). A folder made by one mode, or with other data or weights, is refused
 //! by another unless `--fresh` clears it. Steps are stamped ([`runner`]): a second run with
 //! the same command and inputs does no work.
 
@@ -81,7 +82,15 @@ pub struct ReproduceArgs {
     /// Use this gaze binary instead of building one (built with --backend).
     #[arg(long, value_name = "BIN")]
     gaze: Option<PathBuf>,
+    /// A short synthetic run that checks every step works on a backend (e.g. --backend wgpu
+    /// on a software Vulkan device): 96 + 24 images, 64 + 8 scenes, one epoch per training,
+    /// into the synthetic-quick folder. Its accuracies mean nothing.
+    #[arg(long, conflicts_with_all = ["data", "catr_weights"])]
+    quick: bool,
 }
+
+/// `--quick`'s schedule for every training, before the `--set` overrides.
+pub const QUICK_SCHEDULE: [&str; 2] = ["schedule.epochs=1", "schedule.warmup_steps=1"];
 
 /// Parses `argv` (the arguments after `reproduce`) and reproduces, in the workspace `root`.
 pub fn reproduce_from(root: &Path, argv: &[&str]) -> Result<()> {
@@ -124,6 +133,19 @@ struct Origin {
     vocab: Option<PathBuf>,
     catr_arch: Option<PathBuf>,
     captions: Option<PathBuf>,
+    #[serde(default)]
+    quick: bool,
+}
+
+impl Origin {
+    /// The mode's folder name.
+    fn folder(&self) -> String {
+        if self.quick {
+            format!("{}-quick", self.mode.name())
+        } else {
+            self.mode.name().to_string()
+        }
+    }
 }
 
 /// One of the three named validation images: its true and predicted class.
@@ -146,6 +168,9 @@ pub struct Captioned {
 #[derive(Debug, Serialize)]
 pub struct Summary {
     mode: Mode,
+    /// `--quick`: small sets and one epoch, so the accuracies mean nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    quick: bool,
     /// Top-1 accuracy of the trained ViT on the validation images.
     #[serde(skip_serializing_if = "Option::is_none")]
     vit_val_accuracy: Option<f64>,
@@ -176,9 +201,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn new(mode: Mode) -> Self {
+    fn new(mode: Mode, quick: bool) -> Self {
         Self {
             mode,
+            quick,
             vit_val_accuracy: None,
             named_images: Vec::new(),
             captions: Vec::new(),
@@ -208,7 +234,7 @@ fn absolute(path: &Option<PathBuf>) -> Result<Option<PathBuf>> {
 /// Takes the mode's folder under `root`: refuses one made by another mode or other inputs
 /// unless `fresh`, which clears it.
 fn mode_folder(root: &Path, origin: &Origin, fresh: bool) -> Result<PathBuf> {
-    let dir = root.join(origin.mode.name());
+    let dir = root.join(origin.folder());
     let marker = dir.join("mode.json");
     if fresh && dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("{}: could not clear", dir.display()))?;
@@ -259,6 +285,7 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
         vocab: absolute(&args.vocab)?,
         catr_arch: absolute(&args.catr_arch)?,
         captions: absolute(&captions_dir)?,
+        quick: args.quick,
     };
     let out = mode_folder(&root.join(&args.out), &origin, args.fresh)?;
     let build_started = Instant::now();
@@ -282,7 +309,13 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
         &args.device
     };
     let mut r = Runner::new(gaze, env, device, &args.backend, out.join("stamps"))?;
-    let mut summary = Summary::new(mode);
+    let mut summary = Summary::new(mode, args.quick);
+    let overrides: Vec<String> = if args.quick {
+        QUICK_SCHEDULE.iter().map(|s| s.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    let overrides = [overrides, args.overrides.clone()].concat();
     let mut sections: Vec<Section> = Vec::new();
     if mode != Mode::Captions {
         let classification = Classification {
@@ -290,7 +323,8 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
             out: &out,
             data: origin.data.as_deref(),
             vit_weights: origin.vit_weights.as_deref(),
-            overrides: &args.overrides,
+            overrides: &overrides,
+            quick: args.quick,
         };
         let recipe = classification.run(&mut r, &mut summary, &mut sections)?;
         if mode == Mode::Synthetic || args.ablations {
@@ -312,7 +346,7 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
             };
             captions::published(&mut r, &out, images, &model, &mut summary)?
         }
-        _ if mode == Mode::Synthetic => captions::synthetic(root, &out, &mut r, &mut summary)?,
+        _ if mode == Mode::Synthetic => captions::synthetic(root, &out, args.quick, &mut r, &mut summary)?,
         _ => Section::new(
             "Caption attention",
             "Not run: pass --catr-weights and --vocab (see `cargo xtask fetch`).",
@@ -325,6 +359,7 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
     summary.steps_skipped = r.skipped;
     gaze_data::write_atomic(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
     let title = match mode {
+        Mode::Synthetic if args.quick => "gaze reproduction (synthetic data, quick check)",
         Mode::Synthetic => "gaze reproduction (synthetic data)",
         Mode::Real => "gaze reproduction",
         Mode::Captions => "gaze captions",
@@ -337,7 +372,15 @@ pub fn reproduce(root: &Path, args: ReproduceArgs) -> Result<()> {
 
 /// The table at the top of the report.
 fn summary_rows(summary: &Summary) -> Vec<(String, String)> {
-    let mut rows = vec![("mode".to_string(), summary.mode.name().to_string())];
+    let mode = if summary.quick {
+        format!(
+            "{} (--quick: small sets, one epoch; the accuracies mean nothing)",
+            summary.mode.name()
+        )
+    } else {
+        summary.mode.name().to_string()
+    };
+    let mut rows = vec![("mode".to_string(), mode)];
     if let Some(acc) = summary.vit_val_accuracy {
         let band = if summary.mode == Mode::Real {
             let inside = (acc - REFERENCE_ACCURACY).abs() <= REPRODUCTION_BAND;
@@ -419,6 +462,7 @@ mod tests {
             vocab: None,
             catr_arch: None,
             captions: None,
+            quick: false,
         }
     }
 
@@ -444,6 +488,16 @@ mod tests {
         mode_folder(&root, &origin(Mode::Real, Some("/data/b")), true).unwrap();
         assert!(!real.join("result").exists());
         assert!(synthetic.join("mode.json").exists());
+        // --quick has a folder of its own, so it never mixes with a full run's results.
+        let quick = Origin {
+            quick: true,
+            ..origin(Mode::Synthetic, None)
+        };
+        assert_eq!(
+            mode_folder(&root, &quick, false).unwrap(),
+            root.join("synthetic-quick")
+        );
+        mode_folder(&root, &origin(Mode::Synthetic, None), false).unwrap();
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
