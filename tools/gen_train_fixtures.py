@@ -14,7 +14,14 @@ lr * (s + 1) / 10) and label-smoothed cross-entropy (0.1):
                              1e-8 because the key bias gets an exactly-zero gradient (softmax ignores
                              a constant added to every key) and Adam turns its float noise into
                              full-size steps when eps is tiny.
+  sgd_bf16_after2.safetensors  the SGD steps with the forward pass and the loss under
+                             torch.autocast("cpu", dtype=torch.bfloat16) (f32 master weights).
+
+`--spread` prints, instead of writing, how far PyTorch's own autocast runs differ from one
+another (1 and 2 threads) and from the fp32 steps: the scale the bf16 test's bound is set
+against.
 """
+import sys
 import os
 
 import torch
@@ -35,17 +42,38 @@ def reduced():
     return m.train()
 
 
-def two_steps(make_optimizer, base_lr, images, labels):
+def two_steps(make_optimizer, base_lr, images, labels, autocast=False):
     model = reduced()
     opt = make_optimizer(model.parameters(), base_lr)
     for step in range(2):
         for group in opt.param_groups:
             group["lr"] = base_lr * (step + 1) / 10
         opt.zero_grad()
-        loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
         loss.backward()
         opt.step()
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def sgd(p, lr):
+    return torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=0.05, dampening=0)
+
+
+def spread(images, labels):
+    """Largest parameter difference, relative to the largest update, between runs."""
+    start = load_file(os.path.join(FIX, "reduced.safetensors"))
+    runs = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        runs[f"bf16 {threads} thread(s)"] = two_steps(sgd, 0.1, images, labels, autocast=True)
+    runs["bf16 again"] = two_steps(sgd, 0.1, images, labels, autocast=True)
+    runs["fp32"] = two_steps(sgd, 0.1, images, labels)
+    base = runs["bf16 2 thread(s)"]
+    update = max((base[k] - start[k]).abs().max().item() for k in base)
+    for name, run in runs.items():
+        diff = max((run[k] - base[k]).abs().max().item() for k in base)
+        print(f"{name} vs bf16 2 threads: max abs {diff:.3e} = {diff / update:.3e} of the largest update {update:.3e}")
 
 
 def main():
@@ -53,10 +81,12 @@ def main():
     expected = load_file(os.path.join(FIX, "expected.safetensors"))
     images = torch.stack([expected[f"input64.{s}"] for s in STEMS])
     labels = torch.tensor(LABELS, dtype=torch.int64)
+    if "--spread" in sys.argv:
+        return spread(images, labels)
     save_file({"images": images, "labels": labels}, os.path.join(OUT, "batch.safetensors"))
-    sgd = two_steps(lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=0.05, dampening=0),
-                    0.1, images, labels)
-    save_file(sgd, os.path.join(OUT, "sgd_after2.safetensors"))
+    save_file(two_steps(sgd, 0.1, images, labels), os.path.join(OUT, "sgd_after2.safetensors"))
+    save_file(two_steps(sgd, 0.1, images, labels, autocast=True),
+              os.path.join(OUT, "sgd_bf16_after2.safetensors"))
     adamw = two_steps(lambda p, lr: torch.optim.AdamW(p, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.05),
                       0.01, images, labels)
     save_file(adamw, os.path.join(OUT, "adamw_after2.safetensors"))

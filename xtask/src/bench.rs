@@ -16,6 +16,9 @@ pub struct BenchArgs {
     /// gaze device [default: the backend's CPU device; e.g. tch-cuda, cuda, wgpu for a GPU].
     #[arg(long)]
     device: Option<String>,
+    /// gaze's ViT products: fp32, or bf16 (emulated on the CPU; the flex backend only).
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
+    precision: String,
     /// PyTorch device for the reference rows: cpu or cuda.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     torch_device: String,
@@ -107,11 +110,12 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             crate::backend_features(&args.backend),
         ])
         .env("BENCH_DEVICE", args.device.as_deref().unwrap_or(&args.backend))
-        .env("BENCH_REPEATS", &repeats);
+        .env("BENCH_REPEATS", &repeats)
+        .env("BENCH_PRECISION", &args.precision);
     if args.backend == "tch" {
         cmd.envs(crate::libtorch_env(&args.python)?);
     }
-    println!("gaze ({}): {cmd:?}", args.backend);
+    println!("gaze ({}, {}): {cmd:?}", args.backend, args.precision);
     let script = root.join("tools/bench_pytorch.py");
     let workloads: Vec<&str> = WORKLOADS
         .into_iter()
@@ -285,6 +289,7 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
                 "backend": args.backend,
                 "device": args.device.as_deref().unwrap_or(&args.backend),
                 "torch_device": args.torch_device,
+                "precision": args.precision,
                 "threads": threads,
                 "cpu": cpu_model(),
                 "repeats": args.repeats,

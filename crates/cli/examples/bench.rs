@@ -7,6 +7,7 @@
 //! and `reference_flop_per_image` (timm's, every token in every block).
 //!
 //! `BENCH_DEVICE` picks the device (see `gaze predict --help`; default `auto`),
+//! `BENCH_PRECISION` the ViT's products (`fp32`, the default, or `bf16`),
 //! `BENCH_REPEATS` the number of timed runs (default 5) and `BENCH_ONLY` a comma-separated
 //! subset of the workloads.
 
@@ -15,6 +16,7 @@ use std::time::Instant;
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use gaze_caption::CatrConfig;
+use gaze_nn::ops::Precision;
 use gaze_nn::parse_device;
 use gaze_train::{OptimSection, OptimizerKind, build_optimizer};
 use gaze_vit::VitConfig;
@@ -91,8 +93,13 @@ fn main() {
             peak.gflops, peak.isa, peak.threads
         );
     }
+    let precision: Precision = std::env::var("BENCH_PRECISION")
+        .unwrap_or_else(|_| "fp32".into())
+        .parse()
+        .expect("BENCH_PRECISION");
+    precision.check(&device).expect("BENCH_PRECISION on BENCH_DEVICE");
     let config = VitConfig::new().with_num_classes(37);
-    let model = config.init(&device);
+    let model = config.init(&device).with_precision(precision);
     for batch in [1usize, 8] {
         if !wanted(&format!("vit_infer_b{batch}")) {
             continue;
@@ -105,7 +112,7 @@ fn main() {
         report(&format!("vit_infer_b{batch}"), batch, seconds, flops);
     }
     if wanted("vit_train_b8") {
-        train_step(&config, &device, repeats);
+        train_step(&config, precision, &device, repeats);
     }
     if wanted("caption_127") {
         caption_127(&device, repeats);
@@ -113,9 +120,9 @@ fn main() {
 }
 
 /// One SGD step (momentum 0.9) of ViT-S/16-384 on a batch of 8.
-fn train_step(config: &VitConfig, device: &burn::tensor::Device, repeats: usize) {
+fn train_step(config: &VitConfig, precision: Precision, device: &burn::tensor::Device, repeats: usize) {
     let train_device = device.clone().autodiff();
-    let mut model = config.init(&train_device);
+    let mut model = config.init(&train_device).with_precision(precision);
     let optim_config = OptimSection {
         name: OptimizerKind::Sgd,
         lr: 3e-4,

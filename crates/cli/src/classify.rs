@@ -8,6 +8,7 @@ use clap::Args;
 use gaze_data::display_name;
 use gaze_data::{collect_images, read_labeled_set, write_atomic};
 use gaze_nn::checkpoint::LoadError;
+use gaze_nn::ops::Precision;
 use gaze_nn::{argmax, parse_device};
 use gaze_records::{Prediction, RankedClass, predictions_csv};
 use gaze_vit::{
@@ -64,11 +65,35 @@ impl WeightsArgs {
     }
 }
 
+/// How a loaded classifier's matrix products run.
+#[derive(Args)]
+pub struct PrecisionArgs {
+    /// fp32, or bf16: products of operands rounded to bf16 with f32 accumulation (emulated,
+    /// slower than fp32; the flex device only).
+    #[arg(long, default_value = "fp32", value_name = "fp32|bf16")]
+    pub precision: Precision,
+}
+
+impl PrecisionArgs {
+    /// Loads `source` onto `device` with its products at this precision, refusing a device
+    /// that cannot run it before reading anything; prints the precision's one-line notice.
+    pub fn load(&self, source: &WeightsArgs, device: &Device) -> Result<(VisionTransformer, VitConfig)> {
+        self.precision.check(device).map_err(anyhow::Error::msg)?;
+        if let Some(notice) = self.precision.notice() {
+            eprintln!("{notice}");
+        }
+        let (model, config) = source.load(device)?;
+        Ok((model.with_precision(self.precision), config))
+    }
+}
+
 /// Where the weights come from and where they run.
 #[derive(Args)]
 struct ModelArgs {
     #[command(flatten)]
     source: WeightsArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Images per forward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
@@ -82,7 +107,7 @@ struct ModelArgs {
 impl ModelArgs {
     fn load(&self) -> Result<(VisionTransformer, VitConfig, Device)> {
         let device = parse_device(&self.device)?;
-        let (model, config) = self.source.load(&device)?;
+        let (model, config) = self.precision.load(&self.source, &device)?;
         Ok((model, config, device))
     }
 

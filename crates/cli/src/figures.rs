@@ -8,7 +8,7 @@ use gaze_data::{collect_images, ensure_readable, figure_stems, load_rgb, write_a
 use gaze_nn::parse_device;
 use gaze_vit::explain;
 
-use crate::classify::WeightsArgs;
+use crate::classify::{PrecisionArgs, WeightsArgs};
 use gaze_records::AttentionRecord;
 use gaze_viz::analysis::{ClsMaps, HeadFusion, cls_maps, cosine_similarity_matrix};
 use gaze_viz::figures::{Region, attention_figure, posembed_figure};
@@ -77,6 +77,8 @@ enum Heads {
 pub struct AttentionArgs {
     #[command(flatten)]
     source: WeightsArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Image files and/or folders.
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     images: Vec<PathBuf>,
@@ -148,7 +150,7 @@ pub fn attention(args: AttentionArgs) -> Result<()> {
     ensure_readable(&paths)?;
     let names = args.class_names.as_deref().map(read_class_names).transpose()?;
     let device = parse_device(&args.device)?;
-    let (model, config) = args.source.load(&device)?;
+    let (model, config) = args.precision.load(&args.source, &device)?;
     let names = names.or_else(|| config.label_names.clone());
     if let Some(names) = &names
         && names.len() != config.num_classes

@@ -83,6 +83,10 @@ pub struct TrainArgs {
     /// Leave unreadable images out (counted in summary.json) instead of stopping.
     #[arg(long)]
     skip_bad: bool,
+    /// How the matrix products run (sets run.precision): fp32, or bf16 (emulated, slower; the
+    /// flex device only) [default: the config's, else fp32].
+    #[arg(long, value_name = "fp32|bf16")]
+    precision: Option<gaze_nn::ops::Precision>,
 }
 
 /// How often a log without a terminal gets a progress line.
@@ -256,6 +260,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     if let Some(init) = &args.init {
         overrides.push("model.init=\"pretrained\"".into());
         overrides.push(format!("model.weights=\"{}\"", init.display()));
+    }
+    if let Some(precision) = args.precision {
+        overrides.push(format!("run.precision=\"{precision}\""));
     }
     let config = TrainConfig::load(&args.run.config, &overrides)?;
     let (out, device, options) = args.run.prepare(args.skip_bad)?;

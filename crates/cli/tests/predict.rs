@@ -143,6 +143,58 @@ fn hub_folder_matches_timm_and_names_its_classes() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn bf16_keeps_timms_top1_says_it_is_emulated_and_is_refused_off_flex() {
+    let dir = scratch("bf16");
+    let hub = fixtures().join("hub");
+    let expected: std::collections::BTreeMap<String, Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(hub.join("expected.json")).unwrap()).unwrap();
+    let weights = hub.join("model.safetensors");
+    let (csv, json) = (dir.join("preds.csv"), dir.join("preds.json"));
+    let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--images"];
+    let images: Vec<String> = expected
+        .keys()
+        .map(|name| fixtures().join("images").join(name).display().to_string())
+        .collect();
+    args.extend(images.iter().map(String::as_str));
+    args.extend(["--out", csv.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    args.extend(["--precision", "bf16", "--device", "flex"]);
+    let out = gaze(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("emulated").count(), 1, "one notice line: {stderr}");
+    let mut worst = 0f32;
+    for (name, label, logits) in predictions(&json) {
+        let want = &expected[&name];
+        assert_eq!(label, gaze_nn::argmax(want), "{name}: bf16 changed the top-1");
+        worst = worst.max(max_abs_diff(&logits, want));
+    }
+    eprintln!("bf16 vs timm fp32 on the hub model: logits within {worst:e}");
+    assert!(worst > 0.0 && worst < 5e-2, "{worst}");
+    // Off flex: one line, before anything is read or written.
+    let csv = dir.join("wgpu.csv");
+    let out = gaze(&[
+        "predict",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--images",
+        &images[0],
+        "--out",
+        csv.to_str().unwrap(),
+        "--precision",
+        "bf16",
+        "--device",
+        "wgpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success() && !csv.exists());
+    assert!(
+        stderr.contains("flex") && stderr.contains("--precision fp32"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Runs `gaze predict` expecting failure; returns the single line of stderr.
 fn predict_fails(weights: &Path, images: &Path, model: Option<&str>, csv: &Path) -> String {
     let mut args = vec![

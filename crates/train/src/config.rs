@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use gaze_nn::ops::Precision;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,9 @@ pub struct RunSection {
     pub eval_every: usize,
     /// Also write the resumable checkpoint every this many optimizer steps (0: epoch ends only).
     pub checkpoint_every: usize,
+    /// How the model's matrix products run: "fp32", or "bf16" (operands rounded to bf16, f32
+    /// accumulation; master weights, optimiser state and the loss stay f32).
+    pub precision: Precision,
 }
 
 impl Default for RunSection {
@@ -94,6 +98,7 @@ impl Default for RunSection {
             seed: 0,
             eval_every: 1,
             checkpoint_every: 0,
+            precision: Precision::Fp32,
         }
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
-use gaze_nn::ops::{attention, gelu, layer_norm, linear, merge_heads, patch_embed, split_heads};
+use gaze_nn::ops::{Precision, attention, gelu, layer_norm, merge_heads, split_heads};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
 fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -23,6 +23,8 @@ fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear
 #[derive(Module, Debug)]
 pub struct PatchEmbed {
     pub proj: Conv2d,
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl PatchEmbed {
@@ -31,12 +33,15 @@ impl PatchEmbed {
         let proj = Conv2dConfig::new([config.in_chans, config.embed_dim], [p, p])
             .with_stride([p, p])
             .init(device);
-        Self { proj }
+        Self {
+            proj,
+            precision: Precision::Fp32,
+        }
     }
 
     /// `[batch, 3, h, w]` to `[batch, patches, dim]`, patches row-major over the grid.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
-        patch_embed(&self.proj, images)
+        self.precision.patch_embed(&self.proj, images)
     }
 }
 
@@ -46,6 +51,8 @@ pub struct Attention {
     pub qkv: Linear,
     pub proj: Linear,
     num_heads: usize,
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl Attention {
@@ -55,13 +62,21 @@ impl Attention {
             qkv: init_linear(d, 3 * d, config.qkv_bias, device),
             proj: init_linear(d, d, true, device),
             num_heads: config.num_heads,
+            precision: Precision::Fp32,
         }
+    }
+
+    /// The fused projection `[batch, tokens, 3 * dim]`, queries, keys and values as the
+    /// attention products' operands.
+    fn qkv(&self, x: Tensor<3>) -> Tensor<3> {
+        let p = self.precision;
+        p.operand(p.linear(&self.qkv, x))
     }
 
     /// Fused scaled-dot-product attention; the backend may never materialise the weights.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let context = attention(linear(&self.qkv, x), self.num_heads);
-        linear(&self.proj, context)
+        let context = attention(self.qkv(x), self.num_heads);
+        self.precision.linear(&self.proj, context)
     }
 
     /// The class token's context alone, `[batch, 1, dim]`, from the fused projection `qkv`
@@ -75,9 +90,9 @@ impl Attention {
     /// Explicit `softmax(q k^T / sqrt(d)) v`, also returning the attention probabilities
     /// `[batch, heads, queries, keys]`.
     pub fn forward_with_weights(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let [q, k, v] = split_heads(linear(&self.qkv, x), self.num_heads);
+        let [q, k, v] = split_heads(self.qkv(x), self.num_heads);
         let (context, weights) = attend(q, k, v);
-        (linear(&self.proj, merge_heads(context)), weights)
+        (self.precision.linear(&self.proj, merge_heads(context)), weights)
     }
 }
 
@@ -95,6 +110,8 @@ fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl Mlp {
@@ -103,11 +120,13 @@ impl Mlp {
         Self {
             fc1: init_linear(config.embed_dim, hidden, true, device),
             fc2: init_linear(hidden, config.embed_dim, true, device),
+            precision: Precision::Fp32,
         }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        linear(&self.fc2, gelu(linear(&self.fc1, x)))
+        let p = self.precision;
+        p.linear(&self.fc2, gelu(p.linear(&self.fc1, x)))
     }
 }
 
@@ -149,9 +168,9 @@ impl Block {
     /// attention, output projection and MLP, three quarters of the block's arithmetic at
     /// ViT-S/16-384's 577 tokens, are skipped.
     pub fn forward_class_token(&self, x: Tensor<3>) -> Tensor<3> {
-        let qkv = linear(&self.attn.qkv, layer_norm(&self.norm1, x.clone(), self.norm_eps));
+        let qkv = self.attn.qkv(layer_norm(&self.norm1, x.clone(), self.norm_eps));
         let context = self.attn.class_token_context(qkv); // [batch, 1, dim]
-        let x = x.narrow(1, 0, 1) + linear(&self.attn.proj, context);
+        let x = x.narrow(1, 0, 1) + self.attn.precision.linear(&self.attn.proj, context);
         x.clone() + self.mlp.forward(layer_norm(&self.norm2, x, self.norm_eps))
     }
 
@@ -186,6 +205,8 @@ pub struct VisionTransformer {
     pub head: Linear,
     /// The final norm's epsilon (see [`Block`]).
     pub(crate) norm_eps: f64,
+    #[module(skip)]
+    pub(crate) precision: Precision,
 }
 
 impl VitConfig {
@@ -207,6 +228,7 @@ impl VitConfig {
             norm: LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device),
             head: init_linear(d, self.num_classes, true, device),
             norm_eps: self.norm_eps,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -225,7 +247,23 @@ impl VisionTransformer {
     fn classify(&self, tokens: Tensor<3>) -> Tensor<2> {
         let [batch, _, dim] = tokens.dims();
         let cls = layer_norm(&self.norm, tokens.narrow(1, 0, 1), self.norm_eps); // [batch, 1, dim]
-        linear(&self.head, cls.reshape([batch, dim]))
+        self.precision.linear(&self.head, cls.reshape([batch, dim]))
+    }
+
+    /// The model with every matrix product at `precision`; the parameters stay f32.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self.patch_embed.precision = precision;
+        for block in &mut self.blocks {
+            block.attn.precision = precision;
+            block.mlp.precision = precision;
+        }
+        self
+    }
+
+    /// How the matrix products run.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Logits `[batch, classes]` for normalised images `[batch, 3, h, w]`.

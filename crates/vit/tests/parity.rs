@@ -6,6 +6,7 @@ use burn::store::ModuleSnapshot;
 use burn::tensor::{Device, Tensor, TensorData};
 use gaze_data::{EvalTransform, load_rgb};
 use gaze_nn::checkpoint::{Checkpoint, LoadError, state_dict_shapes};
+use gaze_nn::ops::Precision;
 use gaze_vit::{
     HeadInit, VisionTransformer, VitConfig, load_vit, resample_pos_embed, save_vit, stored_vit_config,
 };
@@ -145,6 +146,32 @@ fn logits_and_attention_match_timm_on(device: &Device) {
     eprintln!("max abs diff vs timm: logits {worst_logit:e}, attention {worst_attn:e}");
     assert!(worst_logit < 1e-4, "logits differ from timm by {worst_logit}");
     assert!(worst_attn < 1e-6, "attention differs from timm by {worst_attn}");
+}
+
+#[test]
+fn bf16_products_keep_timms_top1_and_logits_within_5e_2() {
+    let expected = Expected::load();
+    let device = Device::flex();
+    let model = load_reduced("reduced.safetensors").with_precision(Precision::Bf16);
+    let (mut worst, mut smallest_margin) = (0f32, f32::INFINITY);
+    for stem in STEMS {
+        let (shape, input) = expected.f32(&format!("input64.{stem}"));
+        let batch =
+            Tensor::<4>::from_data(TensorData::new(input, [1, shape[0], shape[1], shape[2]]), &device);
+        let (_, want) = expected.f32(&format!("logits.{stem}"));
+        let got = to_vec(model.forward(batch));
+        // bf16 must change the logits, or this test would not see the path.
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff > 1e-5, "{stem}: bf16 logits equal fp32's");
+        worst = worst.max(diff);
+        let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+        assert_eq!(argmax(&got), argmax(&want), "{stem}: top-1 changed");
+        let mut sorted = want.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        smallest_margin = smallest_margin.min(sorted[0] - sorted[1]);
+    }
+    eprintln!("bf16 vs timm fp32: max abs logit diff {worst:e}; smallest top-1 margin {smallest_margin:e}");
+    assert!(worst < 5e-2, "bf16 logits differ from fp32 by {worst}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use gaze_nn::ops::Precision;
 use gaze_train::{
     Decay, OptimSection, OptimizerKind, Quiet, RunOptions, ScheduleSection, build_optimizer, learning_rate,
 };
@@ -53,19 +54,29 @@ fn parameters(model: &VisionTransformer) -> BTreeMap<String, Vec<f32>> {
 }
 
 fn two_steps_like_pytorch(name: OptimizerKind, lr: f64, device: &Device) -> BTreeMap<String, Vec<f32>> {
+    two_steps_at(name, lr, Precision::Fp32, device)
+}
+
+fn two_steps_at(
+    name: OptimizerKind,
+    lr: f64,
+    precision: Precision,
+    device: &Device,
+) -> BTreeMap<String, Vec<f32>> {
     let device = device.clone().autodiff();
     let config = VitConfig::new()
         .with_img_size([64, 64])
         .with_embed_dim(48)
         .with_depth(2)
         .with_num_heads(3);
-    let (mut model, _) = load_vit(
+    let (model, _) = load_vit(
         &fixtures().join("reduced.safetensors"),
         &config,
         HeadInit::FromCheckpoint,
         &device,
     )
     .unwrap();
+    let mut model = model.with_precision(precision);
     let bytes = std::fs::read(fixtures().join("train/batch.safetensors")).unwrap();
     let batch = SafeTensors::deserialize(&bytes).unwrap();
     let images: Vec<f32> = batch
@@ -157,6 +168,40 @@ fn wgpu_sgd_momentum_steps_equal_pytorch() {
             &two_steps_like_pytorch(OptimizerKind::Sgd, 0.1, &device),
         );
     }
+}
+
+/// The largest difference between two parameter sets.
+fn max_abs_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f32 {
+    a.iter()
+        .flat_map(|(k, a)| a.iter().zip(&b[k]).map(|(x, y)| (x - y).abs()))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn bf16_sgd_steps_follow_pytorch_autocast() {
+    // PyTorch's autocast runs agree exactly from run to run and across thread counts
+    // (`tools/gen_train_fixtures.py --spread`), and differ from its fp32 steps by 0.55 % of the
+    // largest update; the bound is 1 % of it, and gaze's bf16 steps must also be closer to
+    // autocast's than gaze's fp32 steps are, or the test would not see the bf16 path.
+    let autocast = read_tensors(&fixtures().join("train/sgd_bf16_after2.safetensors"));
+    let start = read_tensors(&fixtures().join("reduced.safetensors"));
+    let update = max_abs_diff(&autocast, &start);
+    let bf16 = two_steps_at(OptimizerKind::Sgd, 0.1, Precision::Bf16, &Device::flex());
+    let fp32 = two_steps_at(OptimizerKind::Sgd, 0.1, Precision::Fp32, &Device::flex());
+    let (off_bf16, off_fp32) = (max_abs_diff(&bf16, &autocast), max_abs_diff(&fp32, &autocast));
+    eprintln!(
+        "vs PyTorch autocast: bf16 {off_bf16:e}, fp32 {off_fp32:e}, of a largest update {update:e} ({:.2e} and {:.2e} of it)",
+        off_bf16 / update,
+        off_fp32 / update
+    );
+    assert!(
+        off_bf16 <= 1e-2 * update,
+        "bf16 steps are {off_bf16} from autocast's"
+    );
+    assert!(
+        off_bf16 < off_fp32,
+        "bf16 ({off_bf16}) is no closer to autocast than fp32 ({off_fp32})"
+    );
 }
 
 #[test]
@@ -318,9 +363,10 @@ fn every_shipped_config_parses() {
     }
 }
 
-#[test]
-fn short_run_beats_chance_by_a_wide_margin() {
-    let dir = scratch("learn");
+/// The best validation accuracy of a 14-epoch run on 3 synthetic classes at `precision`, and
+/// the validation set's size.
+fn short_run(name: &str, precision: Precision) -> (f64, usize) {
+    let dir = scratch(name);
     let data = dir.join("synth");
     let synth = gaze_data::synth::SynthConfig {
         classes: 3,
@@ -332,7 +378,10 @@ fn short_run_beats_chance_by_a_wide_margin() {
     gaze_data::synth::write_synth(&data, &synth).unwrap();
     let config = TrainConfig::parse(
         &synth_config(&data, 14).to_toml(),
-        &["run.checkpoint_every=0".into()],
+        &[
+            "run.checkpoint_every=0".into(),
+            format!("run.precision=\"{precision}\""),
+        ],
     )
     .unwrap();
     let summary = train(
@@ -343,8 +392,19 @@ fn short_run_beats_chance_by_a_wide_margin() {
         &mut Quiet,
     )
     .unwrap();
-    let best = summary.best_val_accuracy.unwrap();
-    eprintln!("14-epoch synthetic run: best val accuracy {best}");
-    assert!(best >= 0.8, "3 classes (chance 0.33), got {best}");
     std::fs::remove_dir_all(&dir).unwrap();
+    (summary.best_val_accuracy.unwrap(), synth.val)
+}
+
+#[test]
+fn short_run_beats_chance_by_a_wide_margin_in_fp32_and_bf16_alike() {
+    let (fp32, images) = short_run("learn", Precision::Fp32);
+    let (bf16, _) = short_run("learn-bf16", Precision::Bf16);
+    eprintln!("14-epoch synthetic run: best val accuracy {fp32} in fp32, {bf16} in bf16");
+    assert!(fp32 >= 0.8, "3 classes (chance 0.33), got {fp32}");
+    let one_image = 1.0 / images as f64;
+    assert!(
+        (fp32 - bf16).abs() <= one_image + 1e-9,
+        "bf16 reached {bf16}, fp32 {fp32}: more than one image apart"
+    );
 }

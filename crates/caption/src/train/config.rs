@@ -40,6 +40,12 @@ impl CaptionTrainConfig {
         if self.data.batch_size == 0 || self.optim.grad_accum != 1 {
             return Err("data.batch_size must be at least 1 and optim.grad_accum 1".into());
         }
+        if self.run.precision != gaze_nn::ops::Precision::Fp32 {
+            return Err(format!(
+                "run.precision = \"{}\": the captioner trains in fp32 only; remove the key",
+                self.run.precision
+            ));
+        }
         gaze_train::validate_sections(&self.optim, &self.schedule)
     }
 

@@ -15,6 +15,7 @@ pub mod attention;
 #[cfg(feature = "tch")]
 mod attention_tch;
 pub mod axpby;
+pub mod bf16;
 pub mod conv_bn;
 pub mod gelu;
 pub mod layer_norm;
@@ -23,6 +24,7 @@ pub mod patch_embed;
 
 pub use attention::{attention, merge_heads, split_heads};
 pub use axpby::axpby;
+pub use bf16::{Precision, round_to_bf16};
 pub use conv_bn::conv_bn;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;

@@ -282,8 +282,16 @@ pub fn train(
         vit.num_classes,
         scan_started.elapsed().as_secs_f64()
     ));
+    let precision = config.run.precision;
+    precision.check(device).map_err(|message| ConfigError {
+        path: out.join("config.toml"),
+        message,
+    })?;
+    if let Some(notice) = precision.notice() {
+        observer.message(&notice);
+    }
     let train_device = device.clone().autodiff();
-    let model = initial_model(config, &vit, &train_device)?;
+    let model = initial_model(config, &vit, &train_device)?.with_precision(precision);
     gaze_data::write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())
         .map_err(|e| io_err(&out.join("config.toml"), e))?;
     let hub_config = crate::hub_config_json(&vit, &config.model.preset).map_err(|message| ConfigError {

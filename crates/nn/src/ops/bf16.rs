@@ -1,0 +1,217 @@
+//! bf16 matrix products, emulated: each product's operands rounded to the nearest bf16 (ties
+//! to even) and multiplied in f32 with f32 accumulation, which is what a `vdpbf16ps` kernel
+//! computes. Master weights, optimiser state, softmax, layer-norm statistics and the loss stay
+//! f32. The gradient passes through the rounding and is itself rounded to bf16, as autocast's
+//! gradients of bf16 activations are.
+//!
+//! Runs on `flex` only: burn 0.22 casts to bf16 there, and the products are gaze's own f32
+//! kernels on rounded operands, so the emulation costs two memory passes per product and is
+//! slower than fp32. Other backends refuse it ([`Precision::check`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Device, FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// How a model's matrix products run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 operands and products.
+    #[default]
+    Fp32,
+    /// bf16 operands, f32 products and accumulation (emulated, see the module).
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "fp32" | "float32" | "f32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision {other:?}: use fp32 or bf16")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    /// Whether `device` can run this precision: bf16 needs the `flex` device.
+    pub fn check(self, device: &Device) -> Result<(), String> {
+        if self == Precision::Fp32 || on_flex_device(device) {
+            return Ok(());
+        }
+        Err(
+            "bf16 precision runs on the flex device (the CPU) only: pass --device flex, or --precision fp32 (run.precision = \"fp32\") on this device"
+                .into(),
+        )
+    }
+
+    /// The one line to print before a bf16 run: the products are emulated, and so slower than
+    /// fp32.
+    pub fn notice(self) -> Option<String> {
+        (self == Precision::Bf16).then(|| {
+            let hardware = if cpu_has_avx512_bf16() {
+                "this CPU has AVX512_BF16, but gaze has no hardware bf16 kernel yet"
+            } else {
+                "this CPU has no bf16 instructions"
+            };
+            format!("bf16: products are emulated (operands rounded to bf16, f32 arithmetic; {hardware}), slower than fp32")
+        })
+    }
+
+    /// `x` as a product operand: unchanged in fp32, rounded to bf16 in bf16.
+    pub fn operand<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Precision::Fp32 => x,
+            Precision::Bf16 => round_to_bf16(x),
+        }
+    }
+
+    /// [`crate::ops::linear`] with the input and weight as product operands (the bias is
+    /// added in f32).
+    pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        if self == Precision::Fp32 {
+            return crate::ops::linear(layer, x);
+        }
+        let rounded = Linear {
+            weight: layer.weight.clone().map(round_to_bf16),
+            bias: layer.bias.clone(),
+        };
+        crate::ops::linear(&rounded, self.operand(x))
+    }
+
+    /// [`crate::ops::patch_embed`] with the images and the kernel as product operands.
+    pub fn patch_embed(self, conv: &Conv2d, images: Tensor<4>) -> Tensor<3> {
+        if self == Precision::Fp32 {
+            return crate::ops::patch_embed(conv, images);
+        }
+        let mut rounded = conv.clone();
+        rounded.weight = rounded.weight.map(round_to_bf16);
+        crate::ops::patch_embed(&rounded, self.operand(images))
+    }
+}
+
+/// Every value rounded to the nearest bf16 (ties to even; NaN stays NaN), kept as f32. The
+/// gradient passes through, rounded to bf16.
+pub fn round_to_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.cast(FloatDType::BF16).cast(FloatDType::F32)
+}
+
+/// The reference for [`round_to_bf16`] on one value: add half a bf16 unit in the last place,
+/// less one unless the kept part is odd, and drop the low 16 bits.
+pub fn round_to_bf16_scalar(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let odd = (bits >> 16) & 1;
+    f32::from_bits(bits.wrapping_add(0x7fff + odd) & 0xffff_0000)
+}
+
+fn on_flex_device(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    return device.clone().inner() == Device::flex();
+    #[cfg(not(feature = "flex"))]
+    return {
+        let _ = device;
+        false
+    };
+}
+
+/// Whether the CPU has `vdpbf16ps`.
+pub fn cpu_has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn rounding_is_to_nearest_with_ties_to_even() {
+        let one_ulp = 2f32.powi(-7); // a bf16 unit in the last place at 1.0
+        let cases = [
+            (1.0 + one_ulp / 2.0, 1.0),                 // tie, 1.0 is even
+            (1.0 + 1.5 * one_ulp, 1.0 + 2.0 * one_ulp), // tie, the upper one is even
+            (1.0 + 0.5001 * one_ulp, 1.0 + one_ulp),    // above the tie
+            (-(1.0 + 0.4999 * one_ulp), -1.0),          // below the tie, negative
+            (f32::MAX, f32::INFINITY),                  // past the largest bf16
+        ];
+        for (x, want) in cases {
+            assert_eq!(round_to_bf16_scalar(x), want, "{x:e}");
+        }
+        assert!(round_to_bf16_scalar(f32::NAN).is_nan());
+        // The tensor path agrees with the reference bit for bit on awkward values.
+        let device = flex();
+        let mut values: Vec<f32> = cases.iter().map(|c| c.0).collect();
+        values.extend([1e-40, -3e-39, f32::INFINITY, 0.0, -0.0]);
+        values.extend((0..4096).map(|i| ((i as f32) * 0.7123).sin() * 10f32.powi(i % 9 - 4)));
+        let rounded = round_to_bf16(Tensor::<1>::from_data(
+            TensorData::new(values.clone(), [values.len()]),
+            &device,
+        ));
+        let got: Vec<f32> = rounded.into_data().try_to_vec().unwrap();
+        for (x, got) in values.iter().zip(got) {
+            assert_eq!(got.to_bits(), round_to_bf16_scalar(*x).to_bits(), "{x:e}");
+        }
+    }
+
+    #[test]
+    fn bf16_products_are_f32_products_of_rounded_operands_and_gradients_pass() {
+        let device = flex().autodiff();
+        let layer = random_linear(48, 20, true, &device);
+        let x = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let bf16 = Precision::Bf16.linear(&layer, x.clone());
+        // The same product from operands rounded beforehand.
+        let w = round_to_bf16(layer.weight.val()).detach();
+        let by_hand = round_to_bf16(x.clone()).detach().matmul(w.unsqueeze())
+            + layer.bias.as_ref().unwrap().val().unsqueeze();
+        bf16.clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&by_hand.into_data(), burn::tensor::Tolerance::absolute(1e-5));
+        // Each operand moves by at most half a bf16 step (2^-9 relative), so each output by at
+        // most 2^-8 of the sum of its terms' magnitudes, and by something.
+        let fp32 = Precision::Fp32.linear(&layer, x.clone());
+        let terms = x.clone().abs().matmul(layer.weight.val().abs().unsqueeze());
+        let diff = (fp32 - bf16.clone()).abs();
+        let excess: f32 = (diff.clone() - terms * 2f32.powi(-8)).max().into_scalar();
+        assert!(excess <= 1e-6, "an output moved {excess} beyond the bound");
+        assert!(diff.max().into_scalar::<f32>() > 0.0, "bf16 changed nothing");
+        // The weight's gradient reaches the f32 master weight.
+        let grads = bf16.sum().backward();
+        let dw = layer.weight.grad(&grads).expect("the master weight is tracked");
+        assert_eq!(dw.dims(), [48, 20]);
+        assert!(x.grad(&grads).is_some());
+    }
+
+    #[test]
+    fn names_parse_and_other_devices_are_refused() {
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert_eq!("bfloat16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
+        assert!("fp16".parse::<Precision>().unwrap_err().contains("fp32 or bf16"));
+        assert!(Precision::Bf16.check(&flex()).is_ok());
+        assert!(Precision::Bf16.check(&flex().autodiff()).is_ok());
+        assert!(Precision::Fp32.notice().is_none());
+        assert!(Precision::Bf16.notice().unwrap().contains("emulated"));
+    }
+}
