@@ -105,19 +105,26 @@ fn hub_fixture() -> (PathBuf, BTreeMap<String, Vec<f32>>, Vec<String>) {
     (hub.join("model.safetensors"), expected, images)
 }
 
+/// `gaze predict` of every Hub fixture image into `dir`'s preds.csv and preds.json, with
+/// `extra` arguments.
+fn predict_hub(dir: &Path, extra: &[&str]) -> (std::process::Output, [PathBuf; 2]) {
+    let (weights, _, images) = hub_fixture();
+    let (csv, json) = (dir.join("preds.csv"), dir.join("preds.json"));
+    let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--images"];
+    args.extend(images.iter().map(String::as_str));
+    args.extend(["--out", csv.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    args.extend(extra);
+    (gaze(&args), [csv, json])
+}
+
 /// A Hub folder that timm wrote (`model.safetensors` + `config.json`, tools/gen_hub_fixture.py):
 /// its config.json gives the architecture, ImageNet mean/std, crop_pct and class names.
 #[test]
 fn hub_folder_matches_timm_and_names_its_classes() {
     let dir = scratch("hub");
-    let (weights, expected, images) = hub_fixture();
+    let (_, expected, _) = hub_fixture();
     let names = ["Abyssinian", "Bengal", "american_bulldog", "beagle"];
-    let (csv, json) = (dir.join("preds.csv"), dir.join("preds.json"));
-    let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--images"];
-    args.extend(images.iter().map(String::as_str));
-    args.extend(["--out", csv.to_str().unwrap(), "--json", json.to_str().unwrap()]);
-    args.extend(["--with-names", "--probabilities", "--top-k", "2"]);
-    let out = gaze(&args);
+    let (out, [csv, json]) = predict_hub(&dir, &["--with-names", "--probabilities", "--top-k", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<gaze_records::Prediction> =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -153,12 +160,7 @@ fn hub_folder_matches_timm_and_names_its_classes() {
 fn bf16_keeps_timms_top1_says_it_is_emulated_and_is_refused_off_flex() {
     let dir = scratch("bf16");
     let (weights, expected, images) = hub_fixture();
-    let (csv, json) = (dir.join("preds.csv"), dir.join("preds.json"));
-    let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--images"];
-    args.extend(images.iter().map(String::as_str));
-    args.extend(["--out", csv.to_str().unwrap(), "--json", json.to_str().unwrap()]);
-    args.extend(["--precision", "bf16", "--device", "flex"]);
-    let out = gaze(&args);
+    let (out, [_, json]) = predict_hub(&dir, &["--precision", "bf16", "--device", "flex"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stderr.matches("emulated").count(), 1, "one notice line: {stderr}");
