@@ -333,6 +333,36 @@ mod tests {
         assert!(row_sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{row_sums:?}");
     }
 
+    /// The precision of every module that runs products.
+    fn precisions(model: &VisionTransformer) -> Vec<Precision> {
+        let mut all = vec![model.precision, model.patch_embed.precision];
+        for block in &model.blocks {
+            all.extend([block.attn.precision, block.mlp.precision]);
+        }
+        all
+    }
+
+    #[test]
+    fn precision_reaches_every_product_and_survives_valid_and_a_step() {
+        let device = Device::flex().autodiff();
+        let _draws = gaze_nn::test_support::seeded(&device, 3);
+        let model = tiny().init(&device).with_precision(Precision::Bf16);
+        assert!(precisions(&model).iter().all(|p| *p == Precision::Bf16));
+        let images = Tensor::<4>::random([2, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+        let bf16 = model.forward(images.clone());
+        let fp32 = model.clone().with_precision(Precision::Fp32).forward(images);
+        let moved: f32 = (bf16.clone() - fp32).abs().max().into_scalar();
+        assert!(moved > 0.0, "bf16 logits equal fp32's");
+        assert!(
+            precisions(&model.clone().valid())
+                .iter()
+                .all(|p| *p == Precision::Bf16)
+        );
+        let grads = burn::optim::GradientsParams::from_grads(bf16.sum().backward(), &model);
+        let stepped = burn::optim::SgdConfig::new().init().step(0.1, model, grads);
+        assert!(precisions(&stepped).iter().all(|p| *p == Precision::Bf16));
+    }
+
     #[test]
     fn shapes_follow_the_config() {
         let model = tiny().init(&Device::flex());
