@@ -97,7 +97,12 @@ fn main() {
         .unwrap_or_else(|_| "fp32".into())
         .parse()
         .expect("BENCH_PRECISION");
-    precision.check(&device).expect("BENCH_PRECISION on BENCH_DEVICE");
+    if let Some(notice) = precision
+        .prepare(&device)
+        .expect("BENCH_PRECISION on BENCH_DEVICE")
+    {
+        eprintln!("{notice}");
+    }
     let config = VitConfig::new().with_num_classes(37);
     let model = config.init(&device).with_precision(precision);
     for batch in [1usize, 8] {

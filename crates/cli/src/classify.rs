@@ -78,8 +78,7 @@ impl PrecisionArgs {
     /// Loads `source` onto `device` with its products at this precision, refusing a device
     /// that cannot run it before reading anything; prints the precision's one-line notice.
     pub fn load(&self, source: &WeightsArgs, device: &Device) -> Result<(VisionTransformer, VitConfig)> {
-        self.precision.check(device).map_err(anyhow::Error::msg)?;
-        if let Some(notice) = self.precision.notice() {
+        if let Some(notice) = self.precision.prepare(device).map_err(anyhow::Error::msg)? {
             eprintln!("{notice}");
         }
         let (model, config) = source.load(device)?;

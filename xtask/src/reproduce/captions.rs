@@ -10,7 +10,7 @@ use gaze_records::{CaptionRecord, CaptionSummary, SceneRecord};
 
 use super::report::{Section, escape};
 use super::runner::{Runner, arg, read_json};
-use super::{Captioned, QUICK_SCHEDULE, Summary};
+use super::{Captioned, QUICK_SCENES, QUICK_SCHEDULE, Summary};
 
 /// A CATR checkpoint, its vocabulary, and its architecture when it is not v3's.
 pub struct Model<'a> {
@@ -90,7 +90,7 @@ pub fn synthetic(
     let val_dir = scenes.join("val");
     let mut synth_args = vec!["synth".into(), "--captions".into(), "--out".into(), arg(&scenes)];
     if quick {
-        synth_args.extend(["--train", "64", "--val", "8"].map(String::from));
+        synth_args.extend(QUICK_SCENES.map(String::from));
     }
     r.step(
         "synthetic caption set",

@@ -10,7 +10,7 @@ use gaze_records::{AttentionRecord, ClassificationMetrics};
 
 use super::report::{Section, escape, table};
 use super::runner::{Runner, arg, read_json};
-use super::{Mode, NamedImage, REFERENCE_ACCURACY, REPRODUCTION_BAND, Summary};
+use super::{Mode, NamedImage, QUICK_IMAGES, REFERENCE_ACCURACY, REPRODUCTION_BAND, Summary};
 
 /// The three validation images whose attention the assignment asks for.
 pub const NAMED_IMAGES: [&str; 3] = ["26_5064.jpg", "29_4718.jpg", "31_4838.jpg"];
@@ -271,7 +271,7 @@ impl Classification<'_> {
             "6".into(),
         ];
         if self.quick {
-            args.extend(["--train", "96", "--val", "24"].map(String::from));
+            args.extend(QUICK_IMAGES.map(String::from));
         }
         r.step(
             "synthetic classification set",

@@ -91,6 +91,10 @@ pub struct ReproduceArgs {
 
 /// `--quick`'s schedule for every training, before the `--set` overrides.
 pub const QUICK_SCHEDULE: [&str; 2] = ["schedule.epochs=1", "schedule.warmup_steps=1"];
+/// `--quick`'s classification set: training and validation images (`gaze synth`).
+pub const QUICK_IMAGES: [&str; 4] = ["--train", "96", "--val", "24"];
+/// `--quick`'s caption set: training and validation scenes, at least the five shown.
+pub const QUICK_SCENES: [&str; 4] = ["--train", "64", "--val", "8"];
 
 /// Parses `argv` (the arguments after `reproduce`) and reproduces, in the workspace `root`.
 pub fn reproduce_from(root: &Path, argv: &[&str]) -> Result<()> {

@@ -6,7 +6,7 @@
 //!
 //! Runs on `flex` only: burn 0.22 casts to bf16 there, and the products are gaze's own f32
 //! kernels on rounded operands, so the emulation costs two memory passes per product and is
-//! slower than fp32. Other backends refuse it ([`Precision::check`]).
+//! slower than fp32. Other backends refuse it ([`Precision::prepare`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,28 +49,26 @@ impl fmt::Display for Precision {
 }
 
 impl Precision {
-    /// Whether `device` can run this precision: bf16 needs the `flex` device.
-    pub fn check(self, device: &Device) -> Result<(), String> {
-        if self == Precision::Fp32 || on_flex_device(device) {
-            return Ok(());
+    /// Whether `device` can run this precision (bf16 needs the `flex` device), and the one
+    /// line to print before a bf16 run: its products are emulated, so slower than fp32.
+    pub fn prepare(self, device: &Device) -> Result<Option<String>, String> {
+        if self == Precision::Fp32 {
+            return Ok(None);
         }
-        Err(
-            "bf16 precision runs on the flex device (the CPU) only: pass --device flex, or --precision fp32 (run.precision = \"fp32\") on this device"
-                .into(),
-        )
-    }
-
-    /// The one line to print before a bf16 run: the products are emulated, and so slower than
-    /// fp32.
-    pub fn notice(self) -> Option<String> {
-        (self == Precision::Bf16).then(|| {
-            let hardware = if cpu_has_avx512_bf16() {
-                "this CPU has AVX512_BF16, but gaze has no hardware bf16 kernel yet"
-            } else {
-                "this CPU has no bf16 instructions"
-            };
-            format!("bf16: products are emulated (operands rounded to bf16, f32 arithmetic; {hardware}), slower than fp32")
-        })
+        if !on_flex_device(device) {
+            return Err(
+                "bf16 precision runs on the flex device (the CPU) only: pass --device flex, or --precision fp32 (run.precision = \"fp32\") on this device"
+                    .into(),
+            );
+        }
+        let hardware = if cpu_has_avx512_bf16() {
+            "this CPU has AVX512_BF16, but gaze has no hardware bf16 kernel yet"
+        } else {
+            "this CPU has no bf16 instructions"
+        };
+        Ok(Some(format!(
+            "bf16: products are emulated (operands rounded to bf16, f32 arithmetic; {hardware}), slower than fp32"
+        )))
     }
 
     /// `x` as a product operand: unchanged in fp32, rounded to bf16 in bf16.
@@ -209,9 +207,8 @@ mod tests {
         assert_eq!("bfloat16".parse::<Precision>(), Ok(Precision::Bf16));
         assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
         assert!("fp16".parse::<Precision>().unwrap_err().contains("fp32 or bf16"));
-        assert!(Precision::Bf16.check(&flex()).is_ok());
-        assert!(Precision::Bf16.check(&flex().autodiff()).is_ok());
-        assert!(Precision::Fp32.notice().is_none());
-        assert!(Precision::Bf16.notice().unwrap().contains("emulated"));
+        assert_eq!(Precision::Fp32.prepare(&flex()), Ok(None));
+        let notice = Precision::Bf16.prepare(&flex().autodiff()).unwrap().unwrap();
+        assert!(notice.contains("emulated"), "{notice}");
     }
 }

@@ -283,11 +283,11 @@ pub fn train(
         scan_started.elapsed().as_secs_f64()
     ));
     let precision = config.run.precision;
-    precision.check(device).map_err(|message| ConfigError {
+    let notice = precision.prepare(device).map_err(|message| ConfigError {
         path: out.join("config.toml"),
         message,
     })?;
-    if let Some(notice) = precision.notice() {
+    if let Some(notice) = notice {
         observer.message(&notice);
     }
     let train_device = device.clone().autodiff();
