@@ -1,7 +1,8 @@
 //! Workloads for `cargo xtask bench`: ViT-S/16-384 inference (batch 1 and 8), one SGD
 //! training step (batch 8), and a 127-token CATR v3 caption of a 299x224 input, each the
 //! median of repeated runs after a warm-up; and `fma_peak`, the machine's measured fp32 FMA
-//! throughput ([`gaze_nn::peak`]). Prints one JSON object per line: `{"workload", "unit",
+//! throughput ([`gaze_nn::peak`]), with `panel_kernel`, the linear layers' micro-kernel on
+//! cache-resident operands, where it runs. Prints one JSON object per line: `{"workload", "unit",
 //! "value"}` (images/s, or seconds for the caption, or GFLOP/s for the peak); the ViT rows
 //! add `flop_per_image` (the products gaze runs, its last block for the class token alone)
 //! and `reference_flop_per_image` (timm's, every token in every block).
@@ -87,11 +88,18 @@ fn main() {
             .is_none_or(|o| o.split(',').any(|w| w == workload))
     };
     if wanted("fma_peak") {
-        let peak = gaze_nn::peak::fma_peak(None);
-        println!(
-            "{{\"workload\": \"fma_peak\", \"unit\": \"GFLOP/s\", \"value\": {:.1}, \"isa\": \"{}\", \"threads\": {}}}",
-            peak.gflops, peak.isa, peak.threads
-        );
+        // Ten seconds each: the sustained rate over a span as long as a workload's runs.
+        let span = std::time::Duration::from_secs(10);
+        let kernel = gaze_nn::peak::panel_kernel(None, span).map(|k| ("panel_kernel", k));
+        for (workload, peak) in [("fma_peak", gaze_nn::peak::fma_peak(None, span))]
+            .into_iter()
+            .chain(kernel)
+        {
+            println!(
+                "{{\"workload\": \"{workload}\", \"unit\": \"GFLOP/s\", \"value\": {:.1}, \"sustained\": {:.1}, \"isa\": \"{}\", \"threads\": {}}}",
+                peak.gflops, peak.sustained_gflops, peak.isa, peak.threads
+            );
+        }
     }
     let precision: Precision = std::env::var("BENCH_PRECISION")
         .unwrap_or_else(|_| "fp32".into())

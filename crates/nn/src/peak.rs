@@ -1,16 +1,78 @@
 //! The machine's fp32 limit: independent fused multiply-add chains in the widest vector
-//! registers the CPU has, on every core at once, timed. The bench reports each workload's
-//! share of it.
+//! registers the CPU has, on every core at once, timed in short slices over a span. The
+//! fastest slice is the peak; the span's average is what the machine sustains, which on a
+//! shared VM can be a fifth lower (docs/benchmarks.md). The bench reports each workload's
+//! share of both.
 
-use std::time::Instant;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-/// Measured fp32 FMA throughput of all cores together, and the instructions that gave it.
+/// Measured throughput of all cores together, and the instructions that gave it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Peak {
+    /// The fastest slice, in GFLOP/s: the limit.
     pub gflops: f64,
+    /// The whole span's average, in GFLOP/s: what the machine delivered meanwhile.
+    pub sustained_gflops: f64,
     pub threads: usize,
-    /// `avx512`, `avx2` or `scalar`.
+    /// `avx512`, `avx2` or `scalar` for [`fma_peak`]; the kernel for `panel_kernel`.
     pub isa: &'static str,
+}
+
+/// Length of one timed slice: long enough that starting the cores together costs little,
+/// short enough that a quiet slice is likely on a busy host.
+const SLICE: Duration = Duration::from_millis(5);
+
+/// Runs `work` on `threads` threads at once, in lock-step slices, for `span`; returns the
+/// fastest slice's and the average slice's seconds.
+fn timed_slices(threads: usize, span: Duration, work: &(dyn Fn() + Sync)) -> (f64, f64) {
+    let barrier = Barrier::new(threads);
+    let stop = AtomicBool::new(false);
+    let mut times = Vec::new();
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(|| {
+                loop {
+                    barrier.wait();
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    work();
+                    barrier.wait();
+                }
+            });
+        }
+        let started = Instant::now();
+        loop {
+            if started.elapsed() >= span && !times.is_empty() {
+                stop.store(true, Ordering::Release);
+                barrier.wait();
+                break;
+            }
+            let slice = Instant::now();
+            barrier.wait();
+            work();
+            barrier.wait();
+            times.push(slice.elapsed().as_secs_f64());
+        }
+    });
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    (best, times.iter().sum::<f64>() / times.len() as f64)
+}
+
+/// Times `calls(n)` (n units of `flop_per_unit` each, per thread) in [`SLICE`]-long slices
+/// over `span`: `(peak, sustained)` GFLOP/s of all threads.
+fn measure(threads: usize, span: Duration, flop_per_unit: f64, calls: &(dyn Fn(u64) + Sync)) -> (f64, f64) {
+    // Size a slice from a short probe.
+    let probe = 64;
+    let started = Instant::now();
+    calls(probe);
+    let per_unit = started.elapsed().as_secs_f64() / probe as f64;
+    let units = ((SLICE.as_secs_f64() / per_unit.max(1e-12)) as u64).max(1);
+    let (best, mean) = timed_slices(threads, span, &|| calls(units));
+    let flop = threads as f64 * units as f64 * flop_per_unit / 1e9;
+    (flop / best, flop / mean)
 }
 
 /// Independent accumulators per thread: enough to cover the FMA latency on two ports.
@@ -79,39 +141,60 @@ fn widest() -> (fn(u64) -> f32, usize, &'static str) {
     (fma_scalar, 1, "scalar")
 }
 
-/// Times `iterations` rounds on `threads` threads at once; the best of `tries`.
-fn measure(threads: usize, iterations: u64, tries: usize) -> f64 {
-    let (kernel, lanes, _) = widest();
-    let flops = (threads as u64 * iterations * (CHAINS * lanes * 2) as u64) as f64;
-    (0..tries)
-        .map(|_| {
-            let started = Instant::now();
-            std::thread::scope(|scope| {
-                for _ in 0..threads {
-                    scope.spawn(|| std::hint::black_box(kernel(std::hint::black_box(iterations))));
-                }
-            });
-            flops / started.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
+/// Every core when `threads` is `None`.
+fn thread_count(threads: Option<usize>) -> usize {
+    threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
 }
 
-/// The fp32 FMA peak of `threads` cores (all of them when `None`), measured for about a
-/// quarter of a second.
-pub fn fma_peak(threads: Option<usize>) -> Peak {
-    let threads = threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    // Size the run from a short probe so that each try lasts about 80 ms.
-    let probe = measure(threads, 200_000, 1);
-    let (_, lanes, isa) = widest();
-    let per_iteration = (threads * CHAINS * lanes * 2) as f64;
-    let iterations = ((probe * 1e9 * 0.08) / per_iteration).max(10_000.0) as u64;
+/// The fp32 FMA peak of `threads` cores (all of them when `None`), in slices over `span`.
+pub fn fma_peak(threads: Option<usize>, span: Duration) -> Peak {
+    let threads = thread_count(threads);
+    let (kernel, lanes, isa) = widest();
+    // A unit is 1000 rounds of the chains.
+    let flop_per_unit = (1000 * CHAINS * lanes * 2) as f64;
+    let (gflops, sustained_gflops) = measure(threads, span, flop_per_unit, &|units| {
+        std::hint::black_box(kernel(std::hint::black_box(units * 1000)));
+    });
     Peak {
-        gflops: measure(threads, iterations, 3),
+        gflops,
+        sustained_gflops,
         threads,
         isa,
     }
+}
+
+/// The linear layers' micro-kernel ([`crate::panels`]) on operands that stay in cache, every
+/// core at once: each thread multiplies a `96 x 384` row tile (the rows a task keeps in L2)
+/// by four `384 x 16` panels, over and over, as the products of ViT-S do between their
+/// loads. Against [`fma_peak`] this is the share of the peak the kernel itself reaches;
+/// what a whole model loses beyond it is outside the kernel. `None` where the linear layers
+/// do not run the panels (no AVX2 + FMA, or AVX-512, where `gemm`'s own kernels run).
+#[cfg(feature = "flex")]
+pub fn panel_kernel(threads: Option<usize>, span: Duration) -> Option<Peak> {
+    use crate::panels::Panels;
+    use std::mem::MaybeUninit;
+    const ROWS: usize = 96;
+    const DEPTH: usize = 384;
+    const COLUMNS: usize = 64;
+    let threads = thread_count(threads);
+    let rhs: Vec<f32> = (0..DEPTH * COLUMNS).map(|i| (i % 7) as f32 * 0.01).collect();
+    let panels = Panels::pack((&rhs, 1, COLUMNS), [DEPTH, COLUMNS])?;
+    let lhs: Vec<f32> = (0..ROWS * DEPTH).map(|i| (i % 5) as f32 * 0.01).collect();
+    let flop_per_product = (2 * ROWS * DEPTH * COLUMNS) as f64;
+    let (gflops, sustained_gflops) = measure(threads, span, flop_per_product, &|products| {
+        let mut dst = vec![MaybeUninit::uninit(); ROWS * COLUMNS];
+        for _ in 0..products {
+            std::hint::black_box(panels.product(&mut dst, std::hint::black_box(&lhs), None));
+        }
+    });
+    Some(Peak {
+        gflops,
+        sustained_gflops,
+        threads,
+        isa: "avx2 panels (6 x 16 tile)",
+    })
 }
 
 #[cfg(test)]
@@ -133,5 +216,44 @@ mod tests {
             "{isa}: {got} vs {expected}"
         );
         assert!((fma_scalar(1000) - want * CHAINS as f32).abs() <= 1e-4);
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn the_panel_kernel_is_measured_where_the_linear_layers_run_it() {
+        let kernel = panel_kernel(Some(1), Duration::from_millis(50));
+        #[cfg(target_arch = "x86_64")]
+        let runs_panels = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && !std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let runs_panels = false;
+        assert_eq!(kernel.is_some(), runs_panels, "{kernel:?}");
+        if let Some(kernel) = kernel {
+            assert_eq!(kernel.threads, 1);
+            assert!(kernel.gflops.is_finite() && kernel.gflops > 0.0, "{kernel:?}");
+            assert!(kernel.sustained_gflops <= kernel.gflops, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn slices_run_on_every_thread_in_lock_step() {
+        use std::sync::atomic::AtomicUsize;
+        let calls = AtomicUsize::new(0);
+        let (best, mean) = timed_slices(3, Duration::from_millis(20), &|| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+        });
+        let calls = calls.into_inner();
+        assert!(calls >= 3 && calls % 3 == 0, "{calls} calls");
+        assert!(best >= 0.002 && mean >= best, "best {best}, mean {mean}");
+    }
+
+    #[test]
+    fn the_peak_is_the_fastest_slice() {
+        let peak = fma_peak(Some(1), Duration::from_millis(50));
+        assert_eq!(peak.threads, 1);
+        assert!(peak.gflops.is_finite() && peak.gflops > 0.0, "{peak:?}");
+        assert!(peak.sustained_gflops <= peak.gflops, "{peak:?}");
     }
 }
