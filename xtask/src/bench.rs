@@ -144,14 +144,13 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             row["isa"].as_str().unwrap_or("?")
         );
     }
-    match (&kernel_row, peak) {
-        (Some(row), Some((best, sustained))) => println!(
-            "linear layers' micro-kernel on cache-resident operands: {:.1} GFLOP/s fastest, {:.1} sustained ({:.0} % and {:.0} % of the FMA loop's; {})",
-            rate(&kernel_row, "value").unwrap_or(0.0),
-            rate(&kernel_row, "sustained").unwrap_or(0.0),
-            100.0 * rate(&kernel_row, "value").unwrap_or(0.0) / best,
-            100.0 * rate(&kernel_row, "sustained").unwrap_or(0.0) / sustained,
-            row["isa"].as_str().unwrap_or("?")
+    let kernel = rate(&kernel_row, "value").zip(rate(&kernel_row, "sustained"));
+    match (kernel, peak) {
+        (Some((kernel_best, kernel_sustained)), Some((best, sustained))) => println!(
+            "linear layers' micro-kernel on cache-resident operands: {kernel_best:.1} GFLOP/s fastest, {kernel_sustained:.1} sustained ({:.0} % and {:.0} % of the FMA loop's; {})",
+            100.0 * kernel_best / best,
+            100.0 * kernel_sustained / sustained,
+            kernel_row.as_ref().and_then(|r| r["isa"].as_str()).unwrap_or("?")
         ),
         _ => println!("linear layers' micro-kernel: gemm's own (this CPU does not run gaze's panels)"),
     }
