@@ -1,7 +1,7 @@
 //! The machine's fp32 limit: independent fused multiply-add chains in the widest vector
 //! registers the CPU has, on every core at once, timed in short slices over a span. The
 //! fastest slice is the peak; the span's average is what the machine sustains, which on a
-//! shared VM can be a quarter lower (docs/benchmarks.md). The bench reports each workload's
+//! shared VM can be up to a quarter lower (docs/benchmarks.md). The bench reports each workload's
 //! share of both.
 
 use std::sync::Barrier;
