@@ -39,10 +39,10 @@ pub struct BenchArgs {
     /// a column whose packages are missing is skipped with the reason.
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
-    /// Also write {"machine" (with "fma_peak" and "panel_kernel"), "rows": [{"workload", "unit", "gaze",
-    /// "references": {fp32, bf16, onnx}, "ratios": {...}, "gaze_gflops", "pytorch_gflops",
-    /// "rounds": [[gaze's], [fp32's], ...], "ratio_rounds"}]} here (the rounds' values before
-    /// the median).
+    /// Also write {"machine" (with "fma_peak" and "panel_kernel"), "rows": [{"workload",
+    /// "unit", "gaze", "references": {fp32, bf16, onnx}, "ratios": {...}, "gaze_gflops",
+    /// "pytorch_gflops", "rounds": [[gaze's], [fp32's], ...], "ratio_rounds"}]} here (the
+    /// rounds' values before the median).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }

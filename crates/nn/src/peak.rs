@@ -1,8 +1,8 @@
 //! The machine's fp32 limit: independent fused multiply-add chains in the widest vector
 //! registers the CPU has, on every core at once, timed in short slices over a span. The
 //! fastest slice is the peak; the span's average is what the machine sustains, which on a
-//! shared VM can be up to a quarter lower (docs/benchmarks.md). The bench reports each workload's
-//! share of both.
+//! shared VM can be up to a quarter lower (docs/benchmarks.md). The bench reports each
+//! workload's share of both.
 
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,8 +170,8 @@ pub fn fma_peak(threads: Option<usize>, span: Duration) -> Peak {
 /// by four `384 x 16` panels, over and over, as the products of ViT-S do between their
 /// loads. Against [`fma_peak`] this is the share of the peak the kernel itself reaches;
 /// inside a model its operands also come from L3 and memory (`tools/profile.py` measures
-/// that rate). `None` where the linear layers
-/// do not run the panels (no AVX2 + FMA, or AVX-512, where `gemm`'s own kernels run).
+/// that rate). `None` where the linear layers do not run the panels (no AVX2 + FMA, or
+/// AVX-512, where `gemm`'s own kernels run).
 #[cfg(feature = "flex")]
 pub fn panel_kernel(threads: Option<usize>, span: Duration) -> Option<Peak> {
     use crate::panels::Panels;
