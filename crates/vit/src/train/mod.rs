@@ -61,40 +61,51 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>, smoothing: f64) 
 fn initial_model(
     config: &TrainConfig,
     vit: &VitConfig,
+    stored: Option<VitConfig>,
     device: &Device,
 ) -> Result<VisionTransformer, TrainError> {
     device.seed(config.run.seed);
+    let Some(weights) = pretrained_weights(config) else {
+        return Ok(vit.init(device));
+    };
+    let source = stored.unwrap_or_else(|| {
+        VitConfig::preset(&config.model.preset)
+            .expect("validated preset")
+            .with_num_classes(vit.num_classes)
+    });
+    let head = HeadInit::Fresh {
+        num_classes: vit.num_classes,
+    };
+    let (model, loaded) = load_vit(weights, &source, head, device)?;
+    Ok(if loaded.img_size != vit.img_size {
+        model.set_input_size(&loaded, vit.img_size).0
+    } else {
+        model
+    })
+}
+
+/// The checkpoint a pretrained run starts from.
+fn pretrained_weights(config: &TrainConfig) -> Option<&Path> {
     match (&config.model.init, &config.model.weights) {
-        (Init::Pretrained, Some(weights)) => {
-            let preset = VitConfig::preset(&config.model.preset)
-                .expect("validated preset")
-                .with_num_classes(vit.num_classes);
-            let source =
-                crate::stored_vit_config(&gaze_nn::checkpoint::Checkpoint::open(weights)?)?.unwrap_or(preset);
-            let head = HeadInit::Fresh {
-                num_classes: vit.num_classes,
-            };
-            let (model, loaded) = load_vit(weights, &source, head, device)?;
-            Ok(if loaded.img_size != vit.img_size {
-                model.set_input_size(&loaded, vit.img_size).0
-            } else {
-                model
-            })
-        }
-        _ => Ok(vit.init(device)),
+        (Init::Pretrained, Some(weights)) => Some(weights),
+        _ => None,
     }
 }
 
-/// The class names a pretrained checkpoint carries, when they fit `num_classes`: training
+/// The architecture and class names in the starting checkpoint's metadata, if it has them.
+fn stored_config(config: &TrainConfig) -> Result<Option<VitConfig>, TrainError> {
+    Ok(match pretrained_weights(config) {
+        Some(weights) => crate::stored_vit_config(&gaze_nn::checkpoint::Checkpoint::open(weights)?)?,
+        None => None,
+    })
+}
+
+/// The class names the starting checkpoint carries, when they fit `num_classes`: training
 /// on from such a checkpoint keeps its label order, whatever the folders' order.
-fn class_names(config: &TrainConfig, num_classes: usize) -> Result<Option<Vec<String>>, TrainError> {
-    let (Init::Pretrained, Some(weights)) = (&config.model.init, &config.model.weights) else {
-        return Ok(None);
-    };
-    let stored = crate::stored_vit_config(&gaze_nn::checkpoint::Checkpoint::open(weights)?)?;
-    Ok(stored
-        .and_then(|c| c.label_names)
-        .filter(|n| n.len() == num_classes))
+fn class_names(stored: Option<&VitConfig>, num_classes: usize) -> Option<Vec<String>> {
+    stored
+        .and_then(|c| c.label_names.clone())
+        .filter(|n| n.len() == num_classes)
 }
 
 /// Loss and accuracy of `model` on `images`.
@@ -252,7 +263,8 @@ pub fn train(
     })?;
     let _folder = RunFolder::open(out, options.resume)?;
     let scan_started = Instant::now();
-    let names = class_names(config, vit.num_classes)?;
+    let stored = stored_config(config)?;
+    let names = class_names(stored.as_ref(), vit.num_classes);
     let train_scan = scan_images(&config.data.train, "trainval", names.as_deref(), options.skip_bad)?;
     let names = names.or_else(|| train_scan.classes.clone());
     let val_scan = scan_images(&config.data.val, "test", names.as_deref(), options.skip_bad)?;
@@ -291,7 +303,7 @@ pub fn train(
         observer.message(&notice);
     }
     let train_device = device.clone().autodiff();
-    let model = initial_model(config, &vit, &train_device)?.with_precision(precision);
+    let model = initial_model(config, &vit, stored, &train_device)?.with_precision(precision);
     gaze_data::write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())
         .map_err(|e| io_err(&out.join("config.toml"), e))?;
     let hub_config = crate::hub_config_json(&vit, &config.model.preset).map_err(|message| ConfigError {
