@@ -210,5 +210,12 @@ mod tests {
         assert_eq!(Precision::Fp32.prepare(&flex()), Ok(None));
         let notice = Precision::Bf16.prepare(&flex().autodiff()).unwrap().unwrap();
         assert!(notice.contains("emulated"), "{notice}");
+        #[cfg(feature = "wgpu")]
+        {
+            let wgpu = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+            let refusal = Precision::Bf16.prepare(&wgpu).unwrap_err();
+            assert!(refusal.contains("--device flex"), "{refusal}");
+            assert_eq!(Precision::Fp32.prepare(&wgpu), Ok(None));
+        }
     }
 }
