@@ -254,8 +254,7 @@ impl ArgmaxHead {
 
 /// `x` rounded to the nearest bfloat16 (ties to even), as its bits.
 fn to_bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    (crate::ops::bf16::round_to_bf16_scalar(x).to_bits() >> 16) as u16
 }
 
 /// One query against `len` keys and values, `[len, heads * head_dim]` row-major each, as

@@ -4,6 +4,8 @@
 
 use std::mem::MaybeUninit;
 
+use crate::ops::bf16::round_to_bf16_scalar;
+
 /// Softmax of one row in place, in passes that each vectorise.
 #[inline(always)]
 pub(crate) fn softmax_row(row: &mut [f32]) {
@@ -189,6 +191,25 @@ multiversion! {
             for (ds, &p) in ds.iter_mut().zip(p) {
                 *ds = p * (*ds - dot);
             }
+        }
+    }
+}
+
+multiversion! {
+    /// Every element of `x` rounded to bf16 ([`round_to_bf16_scalar`]), into `out` (which it
+    /// need not read, so it may start uninitialised).
+    fn round_to_bf16_into(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+        for (out, &x) in out.iter_mut().zip(x) {
+            out.write(round_to_bf16_scalar(x));
+        }
+    }
+}
+
+multiversion! {
+    /// Every element rounded to bf16 ([`round_to_bf16_scalar`]), in place.
+    fn round_to_bf16_slice(xs: &mut [f32]) {
+        for x in xs {
+            *x = round_to_bf16_scalar(*x);
         }
     }
 }

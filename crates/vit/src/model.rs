@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::VitConfig;
-use gaze_nn::ops::{Precision, attention, gelu, layer_norm, merge_heads, split_heads};
+use gaze_nn::ops::{Precision, gelu, layer_norm, merge_heads, split_heads};
 
 /// timm initialises every Linear with a (truncated) normal of std 0.02 and zero bias.
 fn init_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -75,7 +75,7 @@ impl Attention {
 
     /// Fused scaled-dot-product attention; the backend may never materialise the weights.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let context = attention(self.qkv(x), self.num_heads);
+        let context = self.precision.attention(self.qkv(x), self.num_heads);
         self.precision.linear(&self.proj, context)
     }
 
@@ -83,7 +83,7 @@ impl Attention {
     /// `[batch, tokens, 3 * dim]` of every token: token 0's query against every key.
     fn class_token_context(&self, qkv: Tensor<3>) -> Tensor<3> {
         let [q, k, v] = split_heads(qkv, self.num_heads);
-        let (context, _) = attend(q.narrow(2, 0, 1), k, v); // [batch, heads, 1, head_dim]
+        let (context, _) = attend(q.narrow(2, 0, 1), k, v, self.precision); // [batch, heads, 1, head_dim]
         merge_heads(context)
     }
 
@@ -91,18 +91,19 @@ impl Attention {
     /// `[batch, heads, queries, keys]`.
     pub fn forward_with_weights(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let [q, k, v] = split_heads(self.qkv(x), self.num_heads);
-        let (context, weights) = attend(q, k, v);
+        let (context, weights) = attend(q, k, v, self.precision);
         (self.precision.linear(&self.proj, merge_heads(context)), weights)
     }
 }
 
 /// `softmax(q kᵀ / sqrt(head_dim)) v` for `q` `[batch, heads, queries, head_dim]` and `k`, `v`
-/// `[batch, heads, keys, head_dim]`, and the probabilities `[batch, heads, queries, keys]`.
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+/// `[batch, heads, keys, head_dim]`, and the probabilities `[batch, heads, queries, keys]`;
+/// the probabilities multiply the values as `precision`'s operands.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, precision: Precision) -> (Tensor<4>, Tensor<4>) {
     let [.., head_dim] = q.dims();
     let scale = (head_dim as f64).powf(-0.5);
     let weights = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
-    (weights.clone().matmul(v), weights)
+    (precision.operand(weights.clone()).matmul(v), weights)
 }
 
 /// `fc1`, exact (erf) GELU, `fc2`.
@@ -322,6 +323,12 @@ mod tests {
         let _draws = gaze_nn::test_support::seeded(&device, 7);
         let model = tiny().init(&device);
         let images = Tensor::<4>::random([2, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+        // In bf16 too: the fused kernel and the explicit product round the same operands.
+        let bf16 = model.clone().with_precision(Precision::Bf16);
+        let fast = bf16.forward(images.clone());
+        let explicit = bf16.forward_with_attention(images.clone());
+        fast.into_data()
+            .assert_approx_eq::<f32>(&explicit.logits.into_data(), Tolerance::absolute(1e-5));
         let fast = model.forward(images.clone());
         let explicit = model.forward_with_attention(images);
         fast.into_data()

@@ -1,8 +1,11 @@
 //! Multi-head self-attention from a fused `qkv` projection, without a mask.
 
 use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
 use burn::tensor::module;
 use burn::tensor::ops::AttentionModuleOptions;
+
+use super::bf16::round_to_bf16;
 
 /// Queries, keys and values `[batch, heads, tokens, head_dim]` from timm's fused projection
 /// `qkv` `[batch, tokens, 3 * dim]`: its output columns are `s * dim + h * head_dim + d` for
@@ -35,6 +38,7 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
         return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(
             qkv.into_dispatch(),
             heads,
+            false,
         ));
     }
     #[cfg(feature = "tch")]
@@ -45,6 +49,33 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
         );
     }
     burns_attention(qkv, heads)
+}
+
+/// [`attention`] as bf16 products run it ([`crate::ops::bf16`]): the probabilities are rounded
+/// to bf16 before they multiply the values, and their gradient is rounded as
+/// [`round_to_bf16`]'s is; softmax and its backward stay f32. Rounding the queries, keys and
+/// values is the caller's part.
+pub fn attention_bf16(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if crate::flex::on_flex(&qkv) && qkv.shape().num_elements() > 0 {
+        use burn::backend::Dispatch;
+        return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(
+            qkv.into_dispatch(),
+            heads,
+            true,
+        ));
+    }
+    explicit_attention_bf16(qkv, heads)
+}
+
+/// [`attention_bf16`] in burn's operations: its path off `flex`, and its reference.
+fn explicit_attention_bf16(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [q, k, v] = split_heads(qkv, heads);
+    let [.., head_dim] = q.dims();
+    let scores = q
+        .mul_scalar((head_dim as f64).powf(-0.5))
+        .matmul(k.swap_dims(2, 3));
+    merge_heads(round_to_bf16(softmax(scores, 3)).matmul(v))
 }
 
 /// burn's own attention on the fused projection, through the head split and merge: what
@@ -84,21 +115,31 @@ pub(crate) mod flex {
     /// keeps the probabilities for [`AttentionBackward`].
     #[backend_extension(Flex, Autodiff)]
     pub trait SdpAttention: Backend {
-        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+        /// With `bf16_probabilities`, [`super::attention_bf16`]; without, [`super::attention`].
+        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize, bf16_probabilities: bool)
+        -> FloatTensor<Self>;
     }
 
     impl SdpAttention for Flex {
-        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-            let inputs = AttentionInputs::new(qkv, heads);
+        fn sdp_attention(
+            qkv: FloatTensor<Self>,
+            heads: usize,
+            bf16_probabilities: bool,
+        ) -> FloatTensor<Self> {
+            let inputs = AttentionInputs::new(qkv, heads, bf16_probabilities);
             let (out, _) = attention_forward(&inputs, false);
             inputs.merged(out)
         }
     }
 
     impl<C: CheckpointStrategy> SdpAttention for Autodiff<Flex, C> {
-        fn sdp_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        fn sdp_attention(
+            qkv: FloatTensor<Self>,
+            heads: usize,
+            bf16_probabilities: bool,
+        ) -> FloatTensor<Self> {
             let nodes = [qkv.node()];
-            let inputs = AttentionInputs::new(qkv.into_primitive(), heads);
+            let inputs = AttentionInputs::new(qkv.into_primitive(), heads, bf16_probabilities);
             match AttentionBackward.prepare::<C>(nodes).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => {
                     let (out, probabilities) = attention_forward(&inputs, true);
@@ -124,6 +165,9 @@ pub(crate) mod flex {
         heads: usize,
         tokens: usize,
         head_dim: usize,
+        /// The probabilities multiply the values rounded to bf16 (kept unrounded for the
+        /// softmax backward).
+        bf16_probabilities: bool,
     }
 
     /// Which of the fused projection's three parts.
@@ -135,7 +179,7 @@ pub(crate) mod flex {
     }
 
     impl AttentionInputs {
-        fn new(qkv: FloatTensor<Flex>, heads: usize) -> Self {
+        fn new(qkv: FloatTensor<Flex>, heads: usize, bf16_probabilities: bool) -> Self {
             let (qkv, dims) = dense(qkv);
             let [batch, tokens, width] = dims[..] else {
                 panic!("attention takes a [batch, tokens, 3 * dim] projection, got {dims:?}")
@@ -150,6 +194,7 @@ pub(crate) mod flex {
                 heads,
                 tokens,
                 head_dim: width / 3 / heads,
+                bf16_probabilities,
             }
         }
 
@@ -230,39 +275,57 @@ pub(crate) mod flex {
         let mut kept = Vec::new();
         let fill = |out: &mut [MaybeUninit<f32>]| {
             let bands = DisjointBands::new(out);
-            let one_pair = |pair: usize, scores: &mut [MaybeUninit<f32>]| {
+            // `rounded` holds the bf16 probabilities where the kept ones must stay f32.
+            let one_pair = |pair: usize, scores: &mut [MaybeUninit<f32>], rounded: &mut Vec<f32>| {
                 let (q, q_cs, q_rs) = x.read(pair, Part::Query);
                 let (k, k_cs, k_rs) = x.read(pair, Part::Key);
                 let (v, v_cs, v_rs) = x.read(pair, Part::Value);
                 // scores = scale q kᵀ
                 let scores = matmul(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
                 softmax_rows(scores, n);
-                // out = scores v, into this pair's band of the merged output
+                let p: &[f32] = match (x.bf16_probabilities, keep) {
+                    (false, _) => scores,
+                    (true, false) => {
+                        round_to_bf16_slice(scores);
+                        scores
+                    }
+                    (true, true) => {
+                        let out = &mut rounded.spare_capacity_mut()[..n * n];
+                        round_to_bf16_into(out, scores);
+                        // SAFETY: written in full just above.
+                        unsafe { assume_written(out) }
+                    }
+                };
+                // out = p v, into this pair's band of the merged output
                 // SAFETY: one task per pair, and pairs have disjoint bands.
                 unsafe {
                     bands.matmul(
                         (x.band(pair, 0, 1), x.dim()),
                         [n, d, n],
-                        (scores, 1, n),
+                        (p, 1, n),
                         (v, v_cs, v_rs),
                         1.0,
                     )
                 };
             };
+            let rounded_capacity = if x.bf16_probabilities && keep { n * n } else { 0 };
             if keep {
                 // Each pair's scores become its slice of the kept probabilities.
                 // SAFETY: every pair's scores are written by its first GEMM.
                 kept = unsafe {
                     written(pairs * n * n, |kept| {
-                        kept.par_chunks_mut(n * n)
-                            .enumerate()
-                            .for_each(|(pair, scores)| one_pair(pair, scores))
+                        kept.par_chunks_mut(n * n).enumerate().for_each_init(
+                            || Vec::with_capacity(rounded_capacity),
+                            |rounded, (pair, scores)| one_pair(pair, scores, rounded),
+                        )
                     })
                 };
             } else {
                 (0..pairs).into_par_iter().for_each_init(
-                    || Vec::with_capacity(n * n),
-                    |scores: &mut Vec<f32>, pair| one_pair(pair, &mut scores.spare_capacity_mut()[..n * n]),
+                    || (Vec::with_capacity(n * n), Vec::new()),
+                    |(scores, rounded): &mut (Vec<f32>, Vec<f32>), pair| {
+                        one_pair(pair, &mut scores.spare_capacity_mut()[..n * n], rounded)
+                    },
                 );
             }
         };
@@ -274,7 +337,8 @@ pub(crate) mod flex {
     /// The gradient of the fused projection from the merged output's, given the inputs and
     /// the softmax probabilities P, per pair:
     /// `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP))`, `dQ = scale dS K`,
-    /// `dK = scale dSᵀ Q`, each written into its band of `d qkv`.
+    /// `dK = scale dSᵀ Q`, each written into its band of `d qkv`. With bf16 probabilities,
+    /// `dV` takes P rounded and `dP` is rounded, as [`super::round_to_bf16`] passes it.
     #[derive(Debug)]
     struct AttentionBackward;
 
@@ -289,9 +353,10 @@ pub(crate) mod flex {
             let pairs = x.batch * x.heads;
             let fill = |dqkv: &mut [MaybeUninit<f32>]| {
                 let bands = DisjointBands::new(dqkv);
+                let rounded_capacity = if x.bf16_probabilities { n * n } else { 0 };
                 (0..pairs).into_par_iter().for_each_init(
-                    || Vec::with_capacity(n * n),
-                    |ds: &mut Vec<f32>, pair| {
+                    || (Vec::with_capacity(n * n), Vec::with_capacity(rounded_capacity)),
+                    |(ds, rounded): &mut (Vec<f32>, Vec<f32>), pair| {
                         let (q, q_cs, q_rs) = x.read(pair, Part::Query);
                         let (k, k_cs, k_rs) = x.read(pair, Part::Key);
                         let (v, v_cs, v_rs) = x.read(pair, Part::Value);
@@ -307,7 +372,18 @@ pub(crate) mod flex {
                             (v, v_rs, v_cs),
                             1.0,
                         );
+                        if x.bf16_probabilities {
+                            round_to_bf16_slice(ds);
+                        }
                         softmax_backward_rows(ds, p, n);
+                        let p = if x.bf16_probabilities {
+                            let out = &mut rounded.spare_capacity_mut()[..n * n];
+                            round_to_bf16_into(out, p);
+                            // SAFETY: written in full just above.
+                            unsafe { assume_written(out) }
+                        } else {
+                            p
+                        };
                         // dV = Pᵀ dO, after the softmax backward has streamed P into the cache:
                         // the product reads Pᵀ in strips of a few columns across all of P's
                         // rows, which straight from memory is twice as slow.
@@ -371,6 +447,50 @@ mod tests {
             &|qkv| burns_attention(qkv, 3),
             &|_| Vec::new(),
             2e-5,
+        );
+    }
+
+    #[test]
+    fn bf16_attention_equals_its_reference_with_and_without_gradients() {
+        // Queries, keys and values already bf16, as the model's are; 7 tokens so that the
+        // kernel's remainder paths run.
+        let device = flex().autodiff();
+        let qkv = round_to_bf16(Tensor::<3>::random(
+            [2, 7, 144],
+            Distribution::Normal(0.0, 1.5),
+            &device,
+        ));
+        let weight = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.5), &device);
+        let inference = attention_bf16(qkv.clone().inner(), 3);
+        let reference = explicit_attention_bf16(qkv.clone().inner(), 3);
+        inference
+            .to_data()
+            .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::absolute(1e-5));
+        assert_same_gradients(
+            (&qkv, &weight),
+            &|qkv| attention_bf16(qkv, 3),
+            &|qkv| explicit_attention_bf16(qkv, 3),
+            &|_| Vec::new(),
+            2e-5,
+        );
+        // The rounding shows, forward (a bf16 step is 2^-8 relative) and backward.
+        let moved: f32 = (attention(qkv.clone().inner(), 3) - inference)
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(moved > 1e-4, "the bf16 probabilities moved the output by {moved}");
+        let gradient = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            let x = qkv.clone().require_grad();
+            let grads = (f(x.clone()) * weight.clone()).sum().backward();
+            x.grad(&grads).unwrap()
+        };
+        let moved: f32 = (gradient(&|x| attention(x, 3)) - gradient(&|x| attention_bf16(x, 3)))
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(
+            moved > 1e-4,
+            "the bf16 probabilities moved the gradient by {moved}"
         );
     }
 }

@@ -92,6 +92,16 @@ impl Precision {
         crate::ops::linear(&rounded, self.operand(x))
     }
 
+    /// [`crate::ops::attention`] on a projection whose queries, keys and values are already
+    /// product operands; in bf16 the probabilities become one too
+    /// ([`crate::ops::attention::attention_bf16`]).
+    pub fn attention(self, qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+        match self {
+            Precision::Fp32 => crate::ops::attention(qkv, heads),
+            Precision::Bf16 => crate::ops::attention::attention_bf16(qkv, heads),
+        }
+    }
+
     /// [`crate::ops::patch_embed`] with the images and the kernel as product operands.
     pub fn patch_embed(self, conv: &Conv2d, images: Tensor<4>) -> Tensor<3> {
         if self == Precision::Fp32 {
@@ -110,14 +120,14 @@ pub fn round_to_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// The reference for [`round_to_bf16`] on one value: add half a bf16 unit in the last place,
-/// less one unless the kept part is odd, and drop the low 16 bits.
+/// less one unless the kept part is odd, and drop the low 16 bits. Branch-free, so that the
+/// kernels' loops over it vectorise.
+#[inline(always)]
 pub fn round_to_bf16_scalar(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
     let bits = x.to_bits();
     let odd = (bits >> 16) & 1;
-    f32::from_bits(bits.wrapping_add(0x7fff + odd) & 0xffff_0000)
+    let rounded = f32::from_bits(bits.wrapping_add(0x7fff + odd) & 0xffff_0000);
+    if x.is_nan() { x } else { rounded }
 }
 
 fn on_flex_device(device: &Device) -> bool {
