@@ -326,3 +326,31 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Python puts a script's folder first on `sys.path`, so a tool named like a standard
+    /// module replaces that module for every script beside it: a `tools/profile.py` made
+    /// torch's `import cProfile` fail, and with it every reference column of the bench.
+    #[test]
+    fn tool_scripts_are_named_by_role_so_none_shadows_a_standard_module() {
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools");
+        let mut scripts = 0;
+        for entry in std::fs::read_dir(&tools).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let Some(stem) = name.strip_suffix(".py") else {
+                continue;
+            };
+            scripts += 1;
+            assert!(
+                ["gen_", "bench_", "perf_"]
+                    .iter()
+                    .any(|role| stem.starts_with(role)),
+                "tools/{name}: name it gen_*, bench_* or perf_*, so that it cannot shadow a standard module"
+            );
+        }
+        assert!(scripts > 0, "no scripts in {}", tools.display());
+    }
+}

@@ -169,7 +169,7 @@ pub fn fma_peak(threads: Option<usize>, span: Duration) -> Peak {
 /// core at once: each thread multiplies a `96 x 384` row tile (the rows a task keeps in L2)
 /// by four `384 x 16` panels, over and over, as the products of ViT-S do between their
 /// loads. Against [`fma_peak`] this is the share of the peak the kernel itself reaches;
-/// inside a model its operands also come from L3 and memory (`tools/profile.py` measures
+/// inside a model its operands also come from L3 and memory (`tools/perf_profile.py` measures
 /// that rate). `None` where the linear layers do not run the panels (no AVX2 + FMA, or
 /// AVX-512, where `gemm`'s own kernels run).
 #[cfg(feature = "flex")]

@@ -8,8 +8,8 @@ the workload's matrix-product FLOPs by the CPU time spent in the micro-kernels: 
 kernels reach inside the model, per core, against the machine's FMA peak per core (the
 fastest 5 ms slice) and its sustained rate (the 10 s average), both measured first.
 
-    python3 tools/profile.py --only vit_infer_b8
-    python3 tools/profile.py --only vit_train_b8 --repeats 2
+    python3 tools/perf_profile.py --only vit_infer_b8
+    python3 tools/perf_profile.py --only vit_train_b8 --repeats 2
 
 Needs `perf` (Debian: linux-perf) and only the standard library. The samples include the
 untimed warm-up run and the random input's generation (listed as setup); every run, warm-up
