@@ -32,14 +32,8 @@ pub fn merge_heads(context: Tensor<4>) -> Tensor<3> {
 /// reshape, so the head split and merge were two copies of the activations per block (and
 /// under autodiff their backward two more, plus a zero-filled gradient per chunk).
 pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
-    #[cfg(feature = "flex")]
-    if crate::flex::on_flex(&qkv) && qkv.shape().num_elements() > 0 {
-        use burn::backend::Dispatch;
-        return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(
-            qkv.into_dispatch(),
-            heads,
-            false,
-        ));
+    if let Some(out) = flex_kernel(&qkv, heads, false) {
+        return out;
     }
     #[cfg(feature = "tch")]
     if super::attention_tch::takes_flash_attention(&qkv) {
@@ -56,16 +50,25 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 /// [`round_to_bf16`]'s is; softmax and its backward stay f32. Rounding the queries, keys and
 /// values is the caller's part.
 pub fn attention_bf16(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    flex_kernel(&qkv, heads, true).unwrap_or_else(|| explicit_attention_bf16(qkv, heads))
+}
+
+/// The `flex` kernel's attention, when `qkv` lives there.
+fn flex_kernel(qkv: &Tensor<3>, heads: usize, bf16_probabilities: bool) -> Option<Tensor<3>> {
     #[cfg(feature = "flex")]
-    if crate::flex::on_flex(&qkv) && qkv.shape().num_elements() > 0 {
+    if crate::flex::on_flex(qkv) && qkv.shape().num_elements() > 0 {
         use burn::backend::Dispatch;
-        return Tensor::from_dispatch(<Dispatch as flex::SdpAttention>::sdp_attention(
-            qkv.into_dispatch(),
-            heads,
-            true,
+        return Some(Tensor::from_dispatch(
+            <Dispatch as flex::SdpAttention>::sdp_attention(
+                qkv.clone().into_dispatch(),
+                heads,
+                bf16_probabilities,
+            ),
         ));
     }
-    explicit_attention_bf16(qkv, heads)
+    #[cfg(not(feature = "flex"))]
+    let _ = (qkv, heads, bf16_probabilities);
+    None
 }
 
 /// [`attention_bf16`] in burn's operations: its path off `flex`, and its reference.
