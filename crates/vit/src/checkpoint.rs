@@ -66,7 +66,17 @@ pub fn load_vit(
     head: HeadInit,
     device: &Device,
 ) -> Result<(VisionTransformer, VitConfig), LoadError> {
-    let checkpoint = Checkpoint::open(path)?;
+    load_vit_from(&Checkpoint::open(path)?, config, head, device)
+}
+
+/// [`load_vit`] from a checkpoint whose header the caller has already read.
+pub fn load_vit_from(
+    checkpoint: &Checkpoint,
+    config: &VitConfig,
+    head: HeadInit,
+    device: &Device,
+) -> Result<(VisionTransformer, VitConfig), LoadError> {
+    let path = checkpoint.path.as_path();
     let num_classes = match head {
         HeadInit::Fresh { num_classes } => num_classes,
         HeadInit::FromCheckpoint => head_classes(&checkpoint).ok_or_else(|| LoadError::Mismatch {
@@ -162,15 +172,16 @@ pub fn load_pretrained(
         let path = path.to_path_buf();
         move |message| LoadError::Read { path, message }
     };
+    let checkpoint = Checkpoint::open(path)?;
     let beside = path.with_file_name("config.json");
     let config = match (model, model_config) {
         (Some(name), _) => VitConfig::preset(name).map_err(read_err(path))?,
         (None, Some(file)) => crate::read_hub_config(file).map_err(read_err(file))?,
-        (None, None) => match stored_vit_config(&Checkpoint::open(path)?)? {
+        (None, None) => match stored_vit_config(&checkpoint)? {
             Some(stored) => stored,
             None if beside.is_file() => crate::read_hub_config(&beside).map_err(read_err(&beside))?,
             None => VitConfig::new(),
         },
     };
-    load_vit(path, &config, HeadInit::FromCheckpoint, device)
+    load_vit_from(&checkpoint, &config, HeadInit::FromCheckpoint, device)
 }

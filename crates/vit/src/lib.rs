@@ -22,7 +22,9 @@ mod pos_embed;
 pub mod timm;
 pub mod train;
 
-pub use checkpoint::{HeadInit, head_classes, load_pretrained, load_vit, save_vit, stored_vit_config};
+pub use checkpoint::{
+    HeadInit, head_classes, load_pretrained, load_vit, load_vit_from, save_vit, stored_vit_config,
+};
 pub use config::VitConfig;
 pub use explain::{Explanation, explain};
 pub use infer::classify_files;

@@ -29,7 +29,8 @@ use gaze_train::{
 pub use config::*;
 pub use data::{ScanReport, check_labels, scan_images};
 
-use crate::{HeadInit, VisionTransformer, VitConfig, load_vit, save_vit};
+use crate::{HeadInit, VisionTransformer, VitConfig, load_vit_from, save_vit};
+use gaze_nn::checkpoint::Checkpoint;
 
 /// Mean cross-entropy over the batch with label smoothing `smoothing` (PyTorch's
 /// `F.cross_entropy(..., label_smoothing=smoothing)`), and the number of correct argmaxes.
@@ -61,11 +62,11 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>, smoothing: f64) 
 fn initial_model(
     config: &TrainConfig,
     vit: &VitConfig,
-    stored: Option<VitConfig>,
+    start: Option<(Checkpoint, Option<VitConfig>)>,
     device: &Device,
 ) -> Result<VisionTransformer, TrainError> {
     device.seed(config.run.seed);
-    let Some(weights) = pretrained_weights(config) else {
+    let Some((checkpoint, stored)) = start else {
         return Ok(vit.init(device));
     };
     let source = stored.unwrap_or_else(|| {
@@ -76,7 +77,7 @@ fn initial_model(
     let head = HeadInit::Fresh {
         num_classes: vit.num_classes,
     };
-    let (model, loaded) = load_vit(weights, &source, head, device)?;
+    let (model, loaded) = load_vit_from(&checkpoint, &source, head, device)?;
     Ok(if loaded.img_size != vit.img_size {
         model.set_input_size(&loaded, vit.img_size).0
     } else {
@@ -84,20 +85,15 @@ fn initial_model(
     })
 }
 
-/// The checkpoint a pretrained run starts from.
-fn pretrained_weights(config: &TrainConfig) -> Option<&Path> {
-    match (&config.model.init, &config.model.weights) {
-        (Init::Pretrained, Some(weights)) => Some(weights),
-        _ => None,
-    }
-}
-
-/// The architecture and class names in the starting checkpoint's metadata, if it has them.
-fn stored_config(config: &TrainConfig) -> Result<Option<VitConfig>, TrainError> {
-    Ok(match pretrained_weights(config) {
-        Some(weights) => crate::stored_vit_config(&gaze_nn::checkpoint::Checkpoint::open(weights)?)?,
-        None => None,
-    })
+/// The checkpoint a pretrained run starts from, its header read once, with the architecture
+/// and class names in its metadata if it has them.
+fn starting_checkpoint(config: &TrainConfig) -> Result<Option<(Checkpoint, Option<VitConfig>)>, TrainError> {
+    let (Init::Pretrained, Some(weights)) = (&config.model.init, &config.model.weights) else {
+        return Ok(None);
+    };
+    let checkpoint = Checkpoint::open(weights)?;
+    let stored = crate::stored_vit_config(&checkpoint)?;
+    Ok(Some((checkpoint, stored)))
 }
 
 /// The class names the starting checkpoint carries, when they fit `num_classes`: training
@@ -263,8 +259,11 @@ pub fn train(
     })?;
     let _folder = RunFolder::open(out, options.resume)?;
     let scan_started = Instant::now();
-    let stored = stored_config(config)?;
-    let names = class_names(stored.as_ref(), vit.num_classes);
+    let start = starting_checkpoint(config)?;
+    let names = class_names(
+        start.as_ref().and_then(|(_, stored)| stored.as_ref()),
+        vit.num_classes,
+    );
     let train_scan = scan_images(&config.data.train, "trainval", names.as_deref(), options.skip_bad)?;
     let names = names.or_else(|| train_scan.classes.clone());
     let val_scan = scan_images(&config.data.val, "test", names.as_deref(), options.skip_bad)?;
@@ -303,7 +302,7 @@ pub fn train(
         observer.message(&notice);
     }
     let train_device = device.clone().autodiff();
-    let model = initial_model(config, &vit, stored, &train_device)?.with_precision(precision);
+    let model = initial_model(config, &vit, start, &train_device)?.with_precision(precision);
     gaze_data::write_atomic(&out.join("config.toml"), config.to_toml().as_bytes())
         .map_err(|e| io_err(&out.join("config.toml"), e))?;
     let hub_config = crate::hub_config_json(&vit, &config.model.preset).map_err(|message| ConfigError {
