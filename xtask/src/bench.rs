@@ -16,7 +16,8 @@ pub struct BenchArgs {
     /// gaze device [default: the backend's CPU device; e.g. tch-cuda, cuda, wgpu for a GPU].
     #[arg(long)]
     device: Option<String>,
-    /// gaze's ViT products: fp32, or bf16 (emulated on the CPU; the flex backend only).
+    /// gaze's ViT products: fp32, or bf16 (AVX512_BF16 where the CPU has it, else emulated;
+    /// the flex backend only).
     #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16"])]
     precision: String,
     /// PyTorch device for the reference rows: cpu or cuda.
@@ -39,7 +40,8 @@ pub struct BenchArgs {
     /// a column whose packages are missing is skipped with the reason.
     #[arg(long, env = "GAZE_PYTHON", default_value = "python3")]
     python: PathBuf,
-    /// Also write {"machine" (with "fma_peak" and "panel_kernel"), "rows": [{"workload",
+    /// Also write {"machine" (with "fma_peak", "panel_kernel", "bf16_peak" and
+    /// "bf16_kernel"), "rows": [{"workload",
     /// "unit", "gaze", "references": {fp32, bf16, onnx}, "ratios": {...}, "gaze_gflops",
     /// "pytorch_gflops", "rounds": [[gaze's], [fp32's], ...], "ratio_rounds"}]} here (the
     /// rounds' values before the median).
@@ -153,6 +155,26 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
             kernel_row.as_ref().and_then(|r| r["isa"].as_str()).unwrap_or("?")
         ),
         _ => println!("linear layers' micro-kernel: gemm's own (this CPU does not run gaze's panels)"),
+    }
+    let row = |name: &str| machine_rows.iter().find(|r| r["workload"] == name).cloned();
+    let (bf16_peak, bf16_kernel) = (row("bf16_peak"), row("bf16_kernel"));
+    match (rate(&bf16_peak, "value").zip(rate(&bf16_peak, "sustained")), peak) {
+        (Some((bf16_best, bf16_sustained)), Some((best, _))) => {
+            println!(
+                "bf16 product peak (vdpbf16ps): {bf16_best:.1} GFLOP/s fastest, {bf16_sustained:.1} sustained ({:.2}x the fp32 peak)",
+                bf16_best / best
+            );
+            if let Some((kernel_best, kernel_sustained)) =
+                rate(&bf16_kernel, "value").zip(rate(&bf16_kernel, "sustained"))
+            {
+                println!(
+                    "bf16 micro-kernel on cache-resident operands: {kernel_best:.1} GFLOP/s fastest, {kernel_sustained:.1} sustained ({:.0} % and {:.0} % of the bf16 peak's)",
+                    100.0 * kernel_best / bf16_best,
+                    100.0 * kernel_sustained / bf16_sustained
+                );
+            }
+        }
+        _ => println!("bf16 products: no AVX512_BF16 on this CPU (--precision bf16 runs emulated)"),
     }
     let rounds = args.rounds as usize;
     // Side 0 is gaze, then the references; [side][round] -> the JSON lines printed.
@@ -318,6 +340,8 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
                 "rounds": args.rounds,
                 "fma_peak": peak_row,
                 "panel_kernel": kernel_row,
+                "bf16_peak": bf16_peak,
+                "bf16_kernel": bf16_kernel,
             },
             "rows": rows,
         });

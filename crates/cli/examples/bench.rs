@@ -2,7 +2,8 @@
 //! training step (batch 8), and a 127-token CATR v3 caption of a 299x224 input, each the
 //! median of repeated runs after a warm-up; and `fma_peak`, the machine's measured fp32 FMA
 //! throughput ([`gaze_nn::peak`]), with `panel_kernel`, the linear layers' micro-kernel on
-//! cache-resident operands, where it runs. Prints one JSON object per line: `{"workload", "unit",
+//! cache-resident operands, where it runs, and on a CPU with AVX512_BF16 `bf16_peak` and
+//! `bf16_kernel`, the same two for bf16 products. Prints one JSON object per line: `{"workload", "unit",
 //! "value"}` (images/s, or seconds for the caption, or GFLOP/s for the peak); the ViT rows
 //! add `flop_per_image` (the products gaze runs, its last block for the class token alone)
 //! and `reference_flop_per_image` (timm's, every token in every block).
@@ -91,9 +92,13 @@ fn main() {
         // Ten seconds each: the sustained rate over a span as long as a workload's runs.
         let span = std::time::Duration::from_secs(10);
         let kernel = gaze_nn::peak::panel_kernel(None, span).map(|k| ("panel_kernel", k));
+        let bf16 = gaze_nn::peak::bf16_peak(None, span).map(|k| ("bf16_peak", k));
+        let bf16_kernel = gaze_nn::peak::bf16_kernel(None, span).map(|k| ("bf16_kernel", k));
         for (workload, peak) in [("fma_peak", gaze_nn::peak::fma_peak(None, span))]
             .into_iter()
             .chain(kernel)
+            .chain(bf16)
+            .chain(bf16_kernel)
         {
             println!(
                 "{{\"workload\": \"{workload}\", \"unit\": \"GFLOP/s\", \"value\": {:.1}, \"sustained\": {:.1}, \"isa\": \"{}\", \"threads\": {}}}",

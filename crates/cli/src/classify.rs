@@ -68,8 +68,8 @@ impl WeightsArgs {
 /// How a loaded classifier's matrix products run.
 #[derive(Args)]
 pub struct PrecisionArgs {
-    /// fp32, or bf16: products of operands rounded to bf16 with f32 accumulation (emulated,
-    /// slower than fp32; the flex device only).
+    /// fp32, or bf16: products of operands rounded to bf16 with f32 accumulation (AVX512_BF16
+    /// where the CPU has it, else emulated and slower than fp32; the flex device only).
     #[arg(long, default_value = "fp32", value_name = "fp32|bf16")]
     pub precision: Precision,
 }

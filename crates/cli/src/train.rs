@@ -83,8 +83,9 @@ pub struct TrainArgs {
     /// Leave unreadable images out (counted in summary.json) instead of stopping.
     #[arg(long)]
     skip_bad: bool,
-    /// How the matrix products run (sets run.precision): fp32, or bf16 (emulated, slower; the
-    /// flex device only) [default: the config's, else fp32].
+    /// How the matrix products run (sets run.precision): fp32, or bf16 (bf16 operands, f32
+    /// accumulation; AVX512_BF16 where the CPU has it, else emulated and slower; the flex
+    /// device only) [default: the config's, else fp32].
     #[arg(long, value_name = "fp32|bf16")]
     precision: Option<gaze_nn::ops::Precision>,
 }

@@ -157,13 +157,18 @@ fn hub_folder_matches_timm_and_names_its_classes() {
 }
 
 #[test]
-fn bf16_keeps_timms_top1_says_it_is_emulated_and_is_refused_off_flex() {
+fn bf16_keeps_timms_top1_says_which_kernel_runs_and_is_refused_off_flex() {
     let dir = scratch("bf16");
     let (weights, expected, images) = hub_fixture();
     let (out, [_, json]) = predict_hub(&dir, &["--precision", "bf16", "--device", "flex"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stderr.matches("emulated").count(), 1, "one notice line: {stderr}");
+    let kernel = if gaze_nn::ops::bf16::cpu_has_avx512_bf16() {
+        "vdpbf16ps"
+    } else {
+        "emulated"
+    };
+    assert_eq!(stderr.matches(kernel).count(), 1, "one notice line: {stderr}");
     let mut worst = 0f32;
     for (name, label, logits) in predictions(&json) {
         let want = &expected[&name];

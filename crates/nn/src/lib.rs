@@ -23,6 +23,8 @@ pub mod peak;
 pub mod test_support;
 
 #[cfg(feature = "flex")]
+mod bf16_panels;
+#[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
 mod gemm;

@@ -113,9 +113,9 @@ impl Panels {
         Some(Self { values, k, n })
     }
 
-    /// Values held, padding included.
-    pub(crate) fn len(&self) -> usize {
-        self.values.len()
+    /// Bytes held, padding included.
+    pub(crate) fn bytes(&self) -> usize {
+        4 * self.values.len()
     }
 
     /// `dst [m, n] = lhs [m, k] · self + bias` (or without the bias), `lhs` and `dst`

@@ -2,7 +2,8 @@
 //! registers the CPU has, on every core at once, timed in short slices over a span. The
 //! fastest slice is the peak; the span's average is what the machine sustains, which on a
 //! shared VM can be up to a quarter lower (docs/benchmarks.md). The bench reports each
-//! workload's share of both.
+//! workload's share of both. Where the CPU has AVX512_BF16, the same for `vdpbf16ps` (the
+//! bf16 limit, a multiply-add per pair) and for gaze's bf16 micro-kernel.
 
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,6 +142,50 @@ fn widest() -> (fn(u64) -> f32, usize, &'static str) {
     (fma_scalar, 1, "scalar")
 }
 
+/// [`fma_avx512`] with `vdpbf16ps`: each instruction 16 lanes of two multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dpbf16_avx512(iterations: u64) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: the transmutes reinterpret 512 bits as 512 bits.
+    let (a, b): (__m512bh, __m512bh) = unsafe {
+        (
+            std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)),
+            std::mem::transmute(_mm512_set1_epi32(0x3380_3380)),
+        )
+    };
+    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+    for _ in 0..iterations {
+        for r in acc.iter_mut() {
+            *r = _mm512_dpbf16_ps(*r, a, b);
+        }
+    }
+    let sum = acc.iter().fold(_mm512_setzero_ps(), |s, &r| _mm512_add_ps(s, r));
+    _mm512_reduce_add_ps(sum)
+}
+
+/// The bf16 product peak of `threads` cores: `vdpbf16ps` chains as [`fma_peak`]'s, counting
+/// a multiply-add per bf16 pair as two FLOP. `None` without AVX512_BF16.
+pub fn bf16_peak(threads: Option<usize>, span: Duration) -> Option<Peak> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::bf16::cpu_has_avx512_bf16() {
+        let threads = thread_count(threads);
+        let flop_per_unit = (1000 * CHAINS * 32 * 2) as f64;
+        let (gflops, sustained_gflops) = measure(threads, span, flop_per_unit, &|units| {
+            // SAFETY: the CPU has AVX512_BF16.
+            std::hint::black_box(unsafe { dpbf16_avx512(std::hint::black_box(units * 1000)) });
+        });
+        return Some(Peak {
+            gflops,
+            sustained_gflops,
+            threads,
+            isa: "avx512_bf16",
+        });
+    }
+    let _ = (threads, span);
+    None
+}
+
 /// Every core when `threads` is `None`.
 fn thread_count(threads: Option<usize>) -> usize {
     threads
@@ -198,6 +243,41 @@ pub fn panel_kernel(threads: Option<usize>, span: Duration) -> Option<Peak> {
     })
 }
 
+/// [`panel_kernel`] for the bf16 micro-kernel ([`crate::bf16_panels`]): each thread
+/// multiplies a `96 x 384` row tile, rounded and packed in every product as in a model, by a
+/// `384 x 384` weight (twelve panels), as ViT-S's attention projection does. `None` without
+/// AVX512_BF16 (the emulation is not a speed path).
+#[cfg(feature = "flex")]
+pub fn bf16_kernel(threads: Option<usize>, span: Duration) -> Option<Peak> {
+    use crate::bf16_panels::{Bf16Kernel, Bf16Panels};
+    use std::mem::MaybeUninit;
+    const ROWS: usize = 96;
+    const DEPTH: usize = 384;
+    const COLUMNS: usize = 384;
+    let kernel = Bf16Kernel::detect();
+    if kernel == Bf16Kernel::Emulated {
+        return None;
+    }
+    let threads = thread_count(threads);
+    let rhs: Vec<f32> = (0..DEPTH * COLUMNS).map(|i| (i % 7) as f32 * 0.01).collect();
+    let panels = Bf16Panels::pack((&rhs, 1, COLUMNS), [DEPTH, COLUMNS]);
+    let lhs: Vec<f32> = (0..ROWS * DEPTH).map(|i| (i % 5) as f32 * 0.01).collect();
+    let flop_per_product = (2 * ROWS * DEPTH * COLUMNS) as f64;
+    let (gflops, sustained_gflops) = measure(threads, span, flop_per_product, &|products| {
+        let mut dst = vec![MaybeUninit::uninit(); ROWS * COLUMNS];
+        for _ in 0..products {
+            let lhs = (std::hint::black_box(&lhs[..]), 1, DEPTH);
+            std::hint::black_box(panels.product(kernel, &mut dst, lhs, None));
+        }
+    });
+    Some(Peak {
+        gflops,
+        sustained_gflops,
+        threads,
+        isa: "avx512_bf16 panels (12 x 32 tile)",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +314,25 @@ mod tests {
             assert_eq!(kernel.threads, 1);
             assert!(kernel.gflops.is_finite() && kernel.gflops > 0.0, "{kernel:?}");
             assert!(kernel.sustained_gflops <= kernel.gflops, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn the_bf16_limits_are_measured_where_the_cpu_has_avx512_bf16() {
+        let has = crate::ops::bf16::cpu_has_avx512_bf16();
+        let peak = bf16_peak(Some(1), Duration::from_millis(50));
+        assert_eq!(peak.is_some(), has, "{peak:?}");
+        #[cfg(feature = "flex")]
+        {
+            let kernel = bf16_kernel(Some(1), Duration::from_millis(50));
+            assert_eq!(kernel.is_some(), has, "{kernel:?}");
+        }
+        if let Some(peak) = peak {
+            // The chains add 1.0 * 2^-24 twice per step to lanes that start at 1.0: the sum
+            // stays 1.0 in each of the 16 lanes of each chain.
+            // SAFETY: the CPU has AVX512_BF16.
+            assert_eq!(unsafe { dpbf16_avx512(10) }, (CHAINS * 16) as f32);
+            assert!(peak.gflops.is_finite() && peak.gflops > 0.0, "{peak:?}");
         }
     }
 

@@ -98,6 +98,7 @@ fn burns_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 #[cfg(feature = "flex")]
 pub(crate) mod flex {
 
+    use crate::bf16_panels::{Bf16Kernel, Bf16Panels};
     use crate::flex::*;
     use crate::gemm::*;
     use crate::simd::*;
@@ -168,8 +169,8 @@ pub(crate) mod flex {
         heads: usize,
         tokens: usize,
         head_dim: usize,
-        /// The probabilities multiply the values rounded to bf16 (kept unrounded for the
-        /// softmax backward).
+        /// bf16 products in the forward pass ([`bf16_pair`]): the probabilities multiply the
+        /// values rounded to bf16 (kept unrounded for the softmax backward).
         bf16_probabilities: bool,
     }
 
@@ -278,63 +279,72 @@ pub(crate) mod flex {
         let mut kept = Vec::new();
         let fill = |out: &mut [MaybeUninit<f32>]| {
             let bands = DisjointBands::new(out);
-            // `rounded` holds the bf16 probabilities where the kept ones must stay f32.
-            let one_pair = |pair: usize, scores: &mut [MaybeUninit<f32>], rounded: &mut Vec<f32>| {
+            let one_pair = |pair: usize, scores: &mut [MaybeUninit<f32>]| {
+                if x.bf16_probabilities {
+                    return bf16_pair(x, pair, scores, &bands);
+                }
                 let (q, q_cs, q_rs) = x.read(pair, Part::Query);
                 let (k, k_cs, k_rs) = x.read(pair, Part::Key);
                 let (v, v_cs, v_rs) = x.read(pair, Part::Value);
                 // scores = scale q kᵀ
                 let scores = matmul(scores, [n, n, d], (q, q_cs, q_rs), (k, k_rs, k_cs), x.scale());
                 softmax_rows(scores, n);
-                let p: &[f32] = match (x.bf16_probabilities, keep) {
-                    (false, _) => scores,
-                    (true, false) => {
-                        round_to_bf16_slice(scores);
-                        scores
-                    }
-                    (true, true) => {
-                        let out = &mut rounded.spare_capacity_mut()[..n * n];
-                        round_to_bf16_into(out, scores);
-                        // SAFETY: written in full just above.
-                        unsafe { assume_written(out) }
-                    }
-                };
                 // out = p v, into this pair's band of the merged output
                 // SAFETY: one task per pair, and pairs have disjoint bands.
                 unsafe {
                     bands.matmul(
                         (x.band(pair, 0, 1), x.dim()),
                         [n, d, n],
-                        (p, 1, n),
+                        (scores, 1, n),
                         (v, v_cs, v_rs),
                         1.0,
                     )
                 };
             };
-            let rounded_capacity = if x.bf16_probabilities && keep { n * n } else { 0 };
             if keep {
                 // Each pair's scores become its slice of the kept probabilities.
                 // SAFETY: every pair's scores are written by its first GEMM.
                 kept = unsafe {
                     written(pairs * n * n, |kept| {
-                        kept.par_chunks_mut(n * n).enumerate().for_each_init(
-                            || Vec::with_capacity(rounded_capacity),
-                            |rounded, (pair, scores)| one_pair(pair, scores, rounded),
-                        )
+                        kept.par_chunks_mut(n * n)
+                            .enumerate()
+                            .for_each(|(pair, scores)| one_pair(pair, scores))
                     })
                 };
             } else {
                 (0..pairs).into_par_iter().for_each_init(
-                    || (Vec::with_capacity(n * n), Vec::new()),
-                    |(scores, rounded): &mut (Vec<f32>, Vec<f32>), pair| {
-                        one_pair(pair, &mut scores.spare_capacity_mut()[..n * n], rounded)
-                    },
+                    || Vec::with_capacity(n * n),
+                    |scores: &mut Vec<f32>, pair| one_pair(pair, &mut scores.spare_capacity_mut()[..n * n]),
                 );
             }
         };
         // SAFETY: the pairs' bands tile the whole output, each written by its second GEMM.
         let out = unsafe { written(x.batch * n * x.dim(), fill) };
         (out, kept)
+    }
+
+    /// One pair of [`attention_forward`] with bf16 products ([`crate::bf16_panels`]): scores
+    /// from the rounded queries and keys, `softmax` in f32 left in `scores`, then the
+    /// probabilities rounded (by the packing) times the values into the pair's band.
+    fn bf16_pair(x: &AttentionInputs, pair: usize, scores: &mut [MaybeUninit<f32>], bands: &DisjointBands) {
+        let (n, d) = (x.tokens, x.head_dim);
+        let kernel = Bf16Kernel::detect();
+        let (q, q_cs, q_rs) = x.read(pair, Part::Query);
+        let (k, k_cs, k_rs) = x.read(pair, Part::Key);
+        let (v, v_cs, v_rs) = x.read(pair, Part::Value);
+        // scores = scale q kᵀ
+        let keys = Bf16Panels::pack((k, k_rs, k_cs), [d, n]);
+        let scores = keys.product(kernel, &mut scores[..n * n], (q, q_cs, q_rs), None);
+        let scale = x.scale();
+        scores.iter_mut().for_each(|s| *s *= scale);
+        softmax_rows(scores, n);
+        // out = p v
+        let values = Bf16Panels::pack((v, v_cs, v_rs), [n, d]);
+        let (offset, ldc) = (x.band(pair, 0, 1), x.dim());
+        assert!(offset + (n - 1) * ldc + d <= bands.1);
+        // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands;
+        // the kernel is `detect`ed.
+        unsafe { values.product_raw(kernel, (bands.0.add(offset), ldc), n, (scores, 1, n), None) };
     }
 
     /// The gradient of the fused projection from the merged output's, given the inputs and

@@ -1,12 +1,12 @@
-//! bf16 matrix products, emulated: each product's operands rounded to the nearest bf16 (ties
-//! to even) and multiplied in f32 with f32 accumulation, which is what a `vdpbf16ps` kernel
-//! computes. Master weights, optimiser state, softmax, layer-norm statistics and the loss stay
-//! f32. The gradient passes through the rounding and is itself rounded to bf16, as autocast's
-//! gradients of bf16 activations are.
+//! bf16 matrix products: each product's operands rounded to the nearest bf16 (ties to even)
+//! and multiplied with f32 accumulation. Master weights, optimiser state, softmax, layer-norm
+//! statistics and the loss stay f32. The gradient passes through the rounding and is itself
+//! rounded to bf16, as autocast's gradients of bf16 activations are.
 //!
-//! Runs on `flex` only: burn 0.22 casts to bf16 there, and the products are gaze's own f32
-//! kernels on rounded operands, so the emulation costs two memory passes per product and is
-//! slower than fp32. Other backends refuse it ([`Precision::prepare`]).
+//! The linear layers' products, forward and backward, run on [`crate::ops::linear_bf16`]'s
+//! kernel: AVX512_BF16's `vdpbf16ps` where the CPU has it, else an emulation that gives the
+//! same bits more slowly. The patch embedding and attention multiply rounded operands with
+//! their f32 kernels. Runs on `flex` only; other backends refuse it ([`Precision::prepare`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,7 +23,7 @@ pub enum Precision {
     /// f32 operands and products.
     #[default]
     Fp32,
-    /// bf16 operands, f32 products and accumulation (emulated, see the module).
+    /// bf16 operands, f32 accumulation (see the module).
     Bf16,
 }
 
@@ -50,7 +50,7 @@ impl fmt::Display for Precision {
 
 impl Precision {
     /// Whether `device` can run this precision (bf16 needs the `flex` device), and the one
-    /// line to print before a bf16 run: its products are emulated, so slower than fp32.
+    /// line to print before a bf16 run: which kernel multiplies (the emulation is slower than fp32).
     pub fn prepare(self, device: &Device) -> Result<Option<String>, String> {
         if self == Precision::Fp32 {
             return Ok(None);
@@ -61,14 +61,11 @@ impl Precision {
                     .into(),
             );
         }
-        let hardware = if cpu_has_avx512_bf16() {
-            "this CPU has AVX512_BF16, but gaze has no hardware bf16 kernel yet"
+        Ok(Some(if cpu_has_avx512_bf16() {
+            "bf16: the linear layers multiply with AVX512_BF16 (vdpbf16ps)".to_string()
         } else {
-            "this CPU has no bf16 instructions"
-        };
-        Ok(Some(format!(
-            "bf16: products are emulated (operands rounded to bf16, f32 arithmetic; {hardware}), slower than fp32"
-        )))
+            "bf16: this CPU has no bf16 instructions, so the products are emulated (operands rounded to bf16, f32 arithmetic): slower than fp32".to_string()
+        }))
     }
 
     /// `x` as a product operand: unchanged in fp32, rounded to bf16 in bf16.
@@ -79,17 +76,13 @@ impl Precision {
         }
     }
 
-    /// [`crate::ops::linear`] with the input and weight as product operands (the bias is
-    /// added in f32).
+    /// [`crate::ops::linear`], or in bf16 [`crate::ops::linear_bf16`] (the input and weight as
+    /// product operands, the bias added in f32).
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-        if self == Precision::Fp32 {
-            return crate::ops::linear(layer, x);
+        match self {
+            Precision::Fp32 => crate::ops::linear(layer, x),
+            Precision::Bf16 => crate::ops::linear_bf16(layer, x),
         }
-        let rounded = Linear {
-            weight: layer.weight.clone().map(round_to_bf16),
-            bias: layer.bias.clone(),
-        };
-        crate::ops::linear(&rounded, self.operand(x))
     }
 
     /// [`crate::ops::attention`] on a projection whose queries, keys and values are already
@@ -219,7 +212,12 @@ mod tests {
         assert!("fp16".parse::<Precision>().unwrap_err().contains("fp32 or bf16"));
         assert_eq!(Precision::Fp32.prepare(&flex()), Ok(None));
         let notice = Precision::Bf16.prepare(&flex().autodiff()).unwrap().unwrap();
-        assert!(notice.contains("emulated"), "{notice}");
+        let path = if cpu_has_avx512_bf16() {
+            "vdpbf16ps"
+        } else {
+            "emulated"
+        };
+        assert!(notice.contains(path), "{notice}");
         #[cfg(feature = "wgpu")]
         {
             let wgpu = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);

@@ -43,6 +43,7 @@ pub(crate) mod flex {
     use burn::backend::{Autodiff, Backend, Flex, backend_extension};
     use burn::tensor::TensorData;
     use rayon::prelude::*;
+    use std::any::Any;
     use std::collections::VecDeque;
     use std::mem::MaybeUninit;
     use std::sync::{Arc, Mutex, PoisonError};
@@ -68,16 +69,16 @@ pub(crate) mod flex {
         }
     }
 
-    /// Where the forward of a linear layer gets its weight's [`Panels`] from.
-    enum Packing {
-        /// [`kept_panels`]: outside autodiff the same weights come back call after call.
+    /// Where the forward of a linear layer gets its weight's packed copy from.
+    pub(crate) enum Packing {
+        /// [`kept`]: outside autodiff the same weights come back call after call.
         Keep,
         /// Packed for this call alone: under autodiff the optimiser replaces the weights
         /// every step.
         Once,
     }
 
-    fn linear_forward(
+    pub(crate) fn linear_forward(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
         bias: FloatTensor<Flex>,
@@ -93,7 +94,7 @@ pub(crate) mod flex {
             "linear: the input's last dimension is not d_in"
         );
         let panels = match packing {
-            Packing::Keep => kept_panels(&weight, Operand::panels),
+            Packing::Keep => kept(&weight, Panels::bytes, Operand::panels),
             Packing::Once => weight.panels().map(Arc::new),
         };
         let out = product_rows(
@@ -107,52 +108,59 @@ pub(crate) mod flex {
         FloatTensor::<Flex>::from_data(TensorData::new(out, shape))
     }
 
-    /// Budget of [`kept_panels`], in bytes of panels plus the weights they keep alive.
+    /// Budget of [`kept`], in bytes of packed copies plus the weights they keep alive.
     const KEPT_BYTES: usize = 1 << 30;
 
-    /// Weights packed by inference forwards, least recently used first.
-    static KEPT: Mutex<VecDeque<(FloatTensor<Flex>, Arc<Panels>)>> = Mutex::new(VecDeque::new());
+    /// A weight, its packed copy (of whichever type) and the bytes both hold.
+    type Kept = (FloatTensor<Flex>, Arc<dyn Any + Send + Sync>, usize);
 
-    /// `weight` packed into [`Panels`] by `pack`, once, and kept for the next forward with the
-    /// same weight while the packed weights stay within [`KEPT_BYTES`] (ViT-S/16's 49 linear
-    /// layers take 176 MB) and someone else still holds the weight: at batch 1, packing on
-    /// every call would be a noticeable share of inference.
+    /// Weights packed by inference forwards, least recently used first.
+    static KEPT: Mutex<VecDeque<Kept>> = Mutex::new(VecDeque::new());
+
+    /// `weight` packed by `pack` (into [`Panels`], or bf16 panels), once, and kept for the next
+    /// forward with the same weight and packing while the packed weights stay within
+    /// [`KEPT_BYTES`] (ViT-S/16's 49 linear layers take 176 MB) and someone else still holds
+    /// the weight: at batch 1, packing on every call would be a noticeable share of inference.
     ///
     /// An entry holds a clone of the weight tensor: `flex` copies shared storage before writing
     /// to it, so while the entry lives the values at that address are the packed ones and no
     /// other tensor can be allocated there. The same address and layout is the same matrix.
-    fn kept_panels<'a>(
+    pub(crate) fn kept<'a, T: Any + Send + Sync>(
         weight: &Operand<'a>,
-        pack: impl FnOnce(&Operand<'a>) -> Option<Panels>,
-    ) -> Option<Arc<Panels>> {
-        let same = |kept: &FloatTensor<Flex>| {
+        bytes: fn(&T) -> usize,
+        pack: impl FnOnce(&Operand<'a>) -> Option<T>,
+    ) -> Option<Arc<T>> {
+        let same = |(kept, packed, _): &Kept| {
             kept.storage::<f32>().as_ptr() == weight.tensor.storage::<f32>().as_ptr()
                 && kept.layout() == weight.tensor.layout()
+                && packed.is::<T>()
         };
-        let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = kept.iter().position(|(tensor, _)| same(tensor)) {
-            let entry = kept.remove(i).expect("found above");
-            let panels = Arc::clone(&entry.1);
-            kept.push_back(entry);
-            return Some(panels);
+        let mut entries = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = entries.iter().position(same) {
+            let entry = entries.remove(i).expect("found above");
+            let packed = Arc::clone(&entry.1).downcast::<T>().expect("checked by same()");
+            entries.push_back(entry);
+            return Some(packed);
         }
-        drop(kept);
-        let panels = Arc::new(pack(weight)?);
-        let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
-        // A weight that only its entry still holds (its model was dropped, or the optimiser
+        drop(entries);
+        let packed = Arc::new(pack(weight)?);
+        let held = 4 * weight.tensor.storage::<f32>().len() + bytes(&packed);
+        let mut entries = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        // A weight that only its entries still hold (its model was dropped, or the optimiser
         // replaced it) can never be asked for again.
-        kept.retain(|(tensor, _)| !tensor.is_unique());
-        kept.push_back((weight.tensor.clone(), Arc::clone(&panels)));
-        let bytes = |(tensor, panels): &(FloatTensor<Flex>, Arc<Panels>)| {
-            4 * (tensor.storage::<f32>().len() + panels.len())
-        };
-        let mut total: usize = kept.iter().map(bytes).sum();
+        entries.retain(|(tensor, _, _)| !tensor.is_unique());
+        entries.push_back((
+            weight.tensor.clone(),
+            Arc::clone(&packed) as Arc<dyn Any + Send + Sync>,
+            held,
+        ));
+        let mut total: usize = entries.iter().map(|entry| entry.2).sum();
         while total > KEPT_BYTES
-            && let Some(oldest) = kept.pop_front()
+            && let Some(oldest) = entries.pop_front()
         {
-            total -= bytes(&oldest);
+            total -= oldest.2;
         }
-        Some(panels)
+        Some(packed)
     }
 
     impl<C: CheckpointStrategy> FusedLinear for Autodiff<Flex, C> {
@@ -260,17 +268,31 @@ pub(crate) mod flex {
         #[test]
         fn kept_panels_are_reused_and_let_go_with_their_weight() {
             let weight = matrix(1.0);
-            let Some(panels) = kept_panels(&Operand::new(&weight), pack) else {
+            let Some(panels) = kept(&Operand::new(&weight), Panels::bytes, pack) else {
                 return eprintln!("no AVX2 + FMA: nothing is packed on this CPU");
             };
-            let again = kept_panels(&Operand::new(&weight), pack).expect("packed above");
+            let again = kept(&Operand::new(&weight), Panels::bytes, pack).expect("packed above");
             assert!(Arc::ptr_eq(&panels, &again), "the same weight was packed twice");
             assert_eq!(Arc::strong_count(&panels), 3, "the cache holds the panels too");
             // Once the weight is dropped, the next insertion lets go of its entry.
             drop(weight);
             let other = matrix(2.0);
-            kept_panels(&Operand::new(&other), pack);
+            kept(&Operand::new(&other), Panels::bytes, pack);
             assert_eq!(Arc::strong_count(&panels), 2);
+        }
+
+        #[test]
+        fn each_packing_of_a_weight_is_kept_apart() {
+            use crate::bf16_panels::Bf16Panels;
+            let weight = matrix(1.0);
+            let bf16 = |w: &Operand| Some(Bf16Panels::pack((w.values(), w.cs, w.rs), [w.rows, w.cols]));
+            let first = kept(&Operand::new(&weight), Bf16Panels::bytes, bf16).expect("packed");
+            // The f32 panels of the same weight are not the bf16 ones, and do not evict them.
+            if kept(&Operand::new(&weight), Panels::bytes, pack).is_none() {
+                eprintln!("no AVX2 + FMA: no f32 panels on this CPU");
+            }
+            let again = kept(&Operand::new(&weight), Bf16Panels::bytes, bf16).expect("kept");
+            assert!(Arc::ptr_eq(&first, &again), "the bf16 panels were packed twice");
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod conv_bn;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_bf16;
 pub mod patch_embed;
 
 pub use attention::{attention, merge_heads, split_heads};
@@ -29,6 +30,7 @@ pub use conv_bn::conv_bn;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use linear_bf16::linear_bf16;
 pub use patch_embed::patch_embed;
 
 use burn::tensor::Tensor;

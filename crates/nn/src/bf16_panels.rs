@@ -1,0 +1,580 @@
+//! `x · W (+ b)` with bf16 operands and f32 accumulation, for `--precision bf16`: both
+//! operands rounded to bf16 (ties to even) and packed as pairs of consecutive depth values,
+//! the pairs multiplied by AVX512_BF16's `vdpbf16ps` where the CPU has it, and by an
+//! emulation that rounds exactly as that instruction does everywhere else.
+//!
+//! `vdpbf16ps` adds to each f32 lane the products of one pair, the second (odd) value's first,
+//! each sum rounded to f32 (the products of two bf16 values are exact in f32). The emulated
+//! micro-kernel does the same additions in the same order, so both paths give the same bits.
+//! The instruction reads subnormal inputs as zero; the packing flushes them, so both paths see
+//! the same operands (a subnormal sum is not flushed by the emulation: the paths could differ
+//! there, below 1.2e-38).
+//!
+//! The layout follows [`crate::panels`]: the right-hand matrix in panels of [`WIDTH`] columns
+//! and [`DEPTH`] deep, the left-hand rows broadcast where they lie (one dword, one pair, at a
+//! time), tiles of [`TILE`] rows.
+
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use crate::ops::bf16::round_to_bf16_scalar;
+
+/// Columns of a panel: two vectors of 16 f32 lanes.
+const WIDTH: usize = 32;
+/// Rows of the micro-kernel's tile: 24 accumulators, two panel vectors and a broadcast fill
+/// 27 of the 32 `zmm` registers.
+const TILE: usize = 12;
+/// Depth of one panel block (even): a `DEPTH x 32` panel of bf16 is 24 KiB, inside L1.
+const DEPTH: usize = 384;
+/// Rows a task multiplies against every panel before moving on (their bf16 pairs stay in L2).
+const ROW_TILE: usize = 96;
+/// Values up to which packing stays on the calling thread.
+const SERIAL: usize = 1 << 16;
+
+/// The micro-kernel that multiplies the pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// `vdpbf16ps` (AVX512_BF16).
+    Avx512Bf16,
+    /// f32 multiply-adds in `vdpbf16ps`'s order, on any CPU.
+    Emulated,
+}
+
+impl Bf16Kernel {
+    /// The hardware kernel where the CPU has AVX512_BF16, else the emulation.
+    pub fn detect() -> Self {
+        if crate::ops::bf16::cpu_has_avx512_bf16() {
+            Bf16Kernel::Avx512Bf16
+        } else {
+            Bf16Kernel::Emulated
+        }
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), subnormals flushed to a signed zero, as
+/// the high half of an f32's bits.
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let bits = round_to_bf16_scalar(x).to_bits() >> 16;
+    if bits & 0x7f80 == 0 { bits & 0x8000 } else { bits }
+}
+
+/// Two depth-consecutive values as one dword: the first in the low half.
+#[inline(always)]
+fn pair(first: f32, second: f32) -> u32 {
+    bf16_bits(first) | bf16_bits(second) << 16
+}
+
+// The pairs' first values are their low halves as `u16`s at the lower address.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+crate::simd::multiversion! {
+    /// `x` as bf16 pairs of consecutive values ([`pair`]), `x.len() == 2 * out.len()`.
+    fn consecutive_pairs(out: &mut [u32], x: &[f32]) {
+        assert_eq!(x.len(), 2 * out.len());
+        // SAFETY: `u32`s are two `u16`s each, the first one the pair's first value's bits;
+        // the view borrows `out` exclusively.
+        let halves = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), x.len()) };
+        for (half, &x) in halves.iter_mut().zip(x) {
+            *half = bf16_bits(x) as u16;
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// `(first[j], second[j])` as one bf16 pair each ([`pair`]).
+    fn interleave_pairs(out: &mut [MaybeUninit<u32>], first: &[f32], second: &[f32]) {
+        for ((out, &x), &y) in out.iter_mut().zip(first).zip(second) {
+            out.write(pair(x, y));
+        }
+    }
+}
+
+/// A strided f32 matrix: values, (column, row) strides in elements.
+pub(crate) type Strided<'a> = (&'a [f32], usize, usize);
+
+/// A `[k, n]` right-hand matrix as bf16 pairs in panels of [`WIDTH`] columns, `k` padded with
+/// a zero to even and `n` with zeros to a multiple of [`WIDTH`]: for each depth block of up to
+/// [`DEPTH`] values, for each panel, for each pair of depths, its [`WIDTH`] pairs.
+pub(crate) struct Bf16Panels {
+    values: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+impl Bf16Panels {
+    /// `rhs` `[k, n]` rounded and packed; over the cores when large.
+    pub(crate) fn pack((rhs, cs, rs): Strided, [k, n]: [usize; 2]) -> Self {
+        assert!(k > 0 && n > 0, "bf16 panels: an empty matrix");
+        assert!(
+            (k - 1) * rs + (n - 1) * cs < rhs.len(),
+            "bf16 panels: rhs is too short"
+        );
+        let padded = n.next_multiple_of(WIDTH);
+        let pairs = k.div_ceil(2);
+        let mut values = Vec::with_capacity(pairs * padded);
+        let mut blocks = &mut values.spare_capacity_mut()[..pairs * padded];
+        for k0 in (0..k).step_by(DEPTH) {
+            let depth_pairs = DEPTH.min(k - k0).div_ceil(2);
+            let (block, rest) = blocks.split_at_mut(depth_pairs * padded);
+            blocks = rest;
+            let pack_panel = |(panel, out): (usize, &mut [MaybeUninit<u32>])| {
+                let j0 = panel * WIDTH;
+                let width = WIDTH.min(n - j0);
+                // The depth after the last one reads as zeros.
+                let zeros = [0f32; WIDTH];
+                if cs == 1 {
+                    // Rows of the panel are contiguous in `rhs`.
+                    for (p, out) in out.chunks_exact_mut(WIDTH).enumerate() {
+                        let d = k0 + 2 * p;
+                        let first = &rhs[d * rs + j0..][..width];
+                        let second = if d + 1 < k {
+                            &rhs[(d + 1) * rs + j0..][..width]
+                        } else {
+                            &zeros[..width]
+                        };
+                        interleave_pairs(&mut out[..width], first, second);
+                        out[width..].fill(MaybeUninit::new(0));
+                    }
+                } else {
+                    // Columns are (a transposed matrix): read each one in order.
+                    for j in 0..WIDTH {
+                        for (p, out) in out.chunks_exact_mut(WIDTH).enumerate() {
+                            let d = k0 + 2 * p;
+                            let at = |d: usize| if d < k { rhs[d * rs + (j0 + j) * cs] } else { 0.0 };
+                            out[j].write(if j < width { pair(at(d), at(d + 1)) } else { 0 });
+                        }
+                    }
+                }
+            };
+            if k * n > SERIAL {
+                block
+                    .par_chunks_mut(depth_pairs * WIDTH)
+                    .enumerate()
+                    .for_each(pack_panel);
+            } else {
+                block
+                    .chunks_mut(depth_pairs * WIDTH)
+                    .enumerate()
+                    .for_each(pack_panel);
+            }
+        }
+        // SAFETY: every pair of every panel was written, the padding with zeros.
+        unsafe { values.set_len(pairs * padded) };
+        Self { values, k, n }
+    }
+
+    /// Bytes held, padding included.
+    pub(crate) fn bytes(&self) -> usize {
+        4 * self.values.len()
+    }
+
+    /// `dst [m, n] = lhs [m, k] · self + bias` (or without the bias) on this thread, `lhs`
+    /// given with its strides and rounded here, `dst` row-major and dense. Every element of
+    /// `dst` is written; it may start uninitialised.
+    pub(crate) fn product<'a>(
+        &self,
+        kernel: Bf16Kernel,
+        dst: &'a mut [MaybeUninit<f32>],
+        lhs: Strided,
+        bias: Option<&[f32]>,
+    ) -> &'a mut [f32] {
+        let n = self.n;
+        let m = dst.len() / n;
+        assert!(dst.len() == m * n, "bf16 panels: dst of the wrong size");
+        let dst = dst.as_mut_ptr().cast::<f32>();
+        // SAFETY: `dst` holds `[m, n]` and is borrowed exclusively.
+        unsafe {
+            self.product_raw(kernel, (dst, n), m, lhs, bias);
+            std::slice::from_raw_parts_mut(dst, m * n)
+        }
+    }
+
+    /// [`Self::product`] into `dst` with row stride `ldc`.
+    ///
+    /// SAFETY: `dst` must be valid for writes of `m` rows `ldc` apart of `n` values, which no
+    /// one else accesses meanwhile; the kernel must be the emulation or the CPU must have
+    /// AVX512_BF16 ([`Bf16Kernel::detect`]).
+    pub(crate) unsafe fn product_raw(
+        &self,
+        kernel: Bf16Kernel,
+        (dst, ldc): (*mut f32, usize),
+        m: usize,
+        (lhs, cs, rs): Strided,
+        bias: Option<&[f32]>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        assert!(ldc >= n, "bf16 panels: rows of dst overlap");
+        assert!(
+            bias.is_none_or(|b| b.len() == n),
+            "bf16 panels: bias of the wrong size"
+        );
+        let pairs = k.div_ceil(2);
+        let mut rows = vec![0u32; ROW_TILE.min(m) * pairs];
+        for i0 in (0..m).step_by(ROW_TILE) {
+            let tile = ROW_TILE.min(m - i0);
+            assert!(
+                (i0 + tile - 1) * rs + (k - 1) * cs < lhs.len(),
+                "bf16 panels: lhs is too short"
+            );
+            let rows = &mut rows[..tile * pairs];
+            if cs == 1 {
+                for (i, out) in (i0..).zip(rows.chunks_exact_mut(pairs)) {
+                    let row = &lhs[i * rs..][..k];
+                    consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
+                    if k % 2 == 1 {
+                        out[pairs - 1] = pair(row[k - 1], 0.0);
+                    }
+                }
+            } else {
+                // Rows are columns of a row-major matrix (a transposed one): read across them,
+                // one depth at a time.
+                for p in 0..pairs {
+                    let at = |d: usize, i: usize| if d < k { lhs[i * rs + d * cs] } else { 0.0 };
+                    for (r, i) in (i0..i0 + tile).enumerate() {
+                        rows[r * pairs + p] = pair(at(2 * p, i), at(2 * p + 1, i));
+                    }
+                }
+            }
+            // SAFETY: rows `i0..i0 + tile` of `dst` are the caller's, as is the kernel.
+            unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), rows, bias) };
+        }
+    }
+
+    /// [`Self::product`] for `rows` (packed pairs, at most [`ROW_TILE`] rows), from `dst` on.
+    ///
+    /// SAFETY: `dst` must be valid for writes of the rows' `n` values each, `ldc` apart; the
+    /// CPU must have AVX512_BF16 for [`Bf16Kernel::Avx512Bf16`].
+    unsafe fn row_tile(
+        &self,
+        kernel: Bf16Kernel,
+        (dst, ldc): (*mut f32, usize),
+        rows: &[u32],
+        bias: Option<&[f32]>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let lda = k.div_ceil(2);
+        let m = rows.len() / lda;
+        let padded = n.next_multiple_of(WIDTH);
+        let mut offset = 0;
+        for k0 in (0..k).step_by(DEPTH) {
+            let depth_pairs = DEPTH.min(k - k0).div_ceil(2);
+            let block = &self.values[offset * padded..(offset + depth_pairs) * padded];
+            let last = k0 + DEPTH >= k;
+            for (panel, values) in block.chunks_exact(depth_pairs * WIDTH).enumerate() {
+                let j0 = panel * WIDTH;
+                let width = WIDTH.min(n - j0);
+                let tile = Tile {
+                    panel: values,
+                    ldc,
+                    width,
+                    resume: k0 > 0,
+                    bias: bias.filter(|_| last).map(|b| &b[j0..j0 + width]),
+                };
+                for i in (0..m).step_by(TILE) {
+                    let a = &rows[i * lda + offset..];
+                    // SAFETY: rows `i..` hold `depth_pairs` pairs from `offset`, and the tile
+                    // lies in `dst`; the caller vouches for the CPU.
+                    unsafe {
+                        let c = dst.add(i * ldc + j0);
+                        match m - i {
+                            1 => tile.run::<1>(kernel, a, lda, c),
+                            2 => tile.run::<2>(kernel, a, lda, c),
+                            3 => tile.run::<3>(kernel, a, lda, c),
+                            4 => tile.run::<4>(kernel, a, lda, c),
+                            5 => tile.run::<5>(kernel, a, lda, c),
+                            6 => tile.run::<6>(kernel, a, lda, c),
+                            7 => tile.run::<7>(kernel, a, lda, c),
+                            8 => tile.run::<8>(kernel, a, lda, c),
+                            9 => tile.run::<9>(kernel, a, lda, c),
+                            10 => tile.run::<10>(kernel, a, lda, c),
+                            11 => tile.run::<11>(kernel, a, lda, c),
+                            _ => tile.run::<TILE>(kernel, a, lda, c),
+                        }
+                    }
+                }
+            }
+            offset += depth_pairs;
+        }
+    }
+}
+
+/// One panel's part of a depth block, for every tile of rows.
+struct Tile<'a> {
+    /// The panel's pairs, [`WIDTH`] per depth pair.
+    panel: &'a [u32],
+    /// `dst`'s row stride.
+    ldc: usize,
+    /// Columns of the panel that are real.
+    width: usize,
+    /// Whether the sums go on from what `dst` holds (depth blocks after the first).
+    resume: bool,
+    /// Added to the finished sums (last depth block only).
+    bias: Option<&'a [f32]>,
+}
+
+impl Tile<'_> {
+    /// `c[R, width] (+)= a[R, pairs] · panel`, then `+ bias`: a full panel in place, the
+    /// last, narrower one through a [`WIDTH`]-wide buffer.
+    ///
+    /// SAFETY: `a` holds `R` rows `lda` apart of the panel's depth pairs; `c` `R` rows `ldc`
+    /// apart of `width` values, initialised if `resume`; AVX512_BF16 for its kernel.
+    unsafe fn run<const R: usize>(&self, kernel: Bf16Kernel, a: &[u32], lda: usize, c: *mut f32) {
+        assert!(a.len() > (R - 1) * lda + self.panel.len() / WIDTH - 1);
+        let mut padded_bias = [0f32; WIDTH];
+        let bias = self.bias.map(|bias| {
+            padded_bias[..self.width].copy_from_slice(bias);
+            &padded_bias
+        });
+        // SAFETY: `a` is long enough (asserted); the caller vouches for `c` and the CPU.
+        let multiply = |c: *mut f32, ldc: usize| unsafe {
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Bf16Kernel::Avx512Bf16 => {
+                    dpbf16::<R>(a.as_ptr(), lda, self.panel, (c, ldc, self.resume), bias)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                Bf16Kernel::Avx512Bf16 => unreachable!("AVX512_BF16 is x86-64's"),
+                Bf16Kernel::Emulated => emulated::<R>(a, lda, self.panel, (c, ldc, self.resume), bias),
+            }
+        };
+        if self.width == WIDTH {
+            return multiply(c, self.ldc);
+        }
+        let mut buffer = [[0f32; WIDTH]; R];
+        for (r, row) in buffer.iter_mut().enumerate().filter(|_| self.resume) {
+            // SAFETY: the caller vouches for `width` initialised values in row `r`.
+            row[..self.width]
+                .copy_from_slice(unsafe { std::slice::from_raw_parts(c.add(r * self.ldc), self.width) });
+        }
+        multiply(buffer.as_mut_ptr().cast(), WIDTH);
+        for (r, row) in buffer.iter().enumerate() {
+            // SAFETY: row `r` of the tile has `width` writable values at `c + r * ldc`.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * self.ldc), self.width) };
+        }
+    }
+}
+
+/// The emulation: for each pair, the second value's product added, then the first's.
+///
+/// SAFETY: `c` must hold `R` rows `ldc` apart of [`WIDTH`] writable values, initialised if
+/// `resume`.
+unsafe fn emulated<const R: usize>(
+    a: &[u32],
+    lda: usize,
+    panel: &[u32],
+    (c, ldc, resume): (*mut f32, usize, bool),
+    bias: Option<&[f32; WIDTH]>,
+) {
+    #[inline(always)]
+    fn body<const R: usize>(a: &[u32], lda: usize, panel: &[u32], acc: &mut [[f32; WIDTH]; R]) {
+        let low = |x: u32| f32::from_bits(x << 16);
+        let high = |x: u32| f32::from_bits(x & 0xffff_0000);
+        for (p, pairs) in panel.chunks_exact(WIDTH).enumerate() {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = a[r * lda + p];
+                let (first, second) = (low(x), high(x));
+                for (sum, &y) in acc.iter_mut().zip(pairs) {
+                    *sum = (*sum + second * high(y)) + first * low(y);
+                }
+            }
+        }
+    }
+    let mut acc = [[0f32; WIDTH]; R];
+    for (r, row) in acc.iter_mut().enumerate().filter(|_| resume) {
+        // SAFETY: the caller vouches for row `r`.
+        row.copy_from_slice(unsafe { std::slice::from_raw_parts(c.add(r * ldc), WIDTH) });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        fn avx2<const R: usize>(a: &[u32], lda: usize, panel: &[u32], acc: &mut [[f32; WIDTH]; R]) {
+            body(a, lda, panel, acc)
+        }
+        // SAFETY: the CPU has AVX2.
+        unsafe { avx2(a, lda, panel, &mut acc) };
+    } else {
+        body(a, lda, panel, &mut acc);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    body(a, lda, panel, &mut acc);
+    for (r, row) in acc.iter_mut().enumerate() {
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+        // SAFETY: the caller vouches for row `r`.
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), WIDTH) };
+    }
+}
+
+/// The hardware micro-kernel: 2R accumulators, each depth pair two panel loads and R
+/// broadcast pairs for 2R `vdpbf16ps`.
+///
+/// SAFETY: the CPU must have AVX512_BF16; `a` must hold `R` rows `lda` apart of
+/// `panel.len() / WIDTH` pairs; `c` `R` rows `ldc` apart of [`WIDTH`] writable values,
+/// initialised if `resume`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dpbf16<const R: usize>(
+    a: *const u32,
+    lda: usize,
+    panel: &[u32],
+    (c, ldc, resume): (*mut f32, usize, bool),
+    bias: Option<&[f32; WIDTH]>,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every load and store stays in `panel` or the regions the caller vouches for;
+    // the transmutes reinterpret 512 bits as 512 bits.
+    unsafe {
+        let mut sums = [[_mm512_setzero_ps(); 2]; R];
+        if resume {
+            for (r, sums) in sums.iter_mut().enumerate() {
+                *sums = [
+                    _mm512_loadu_ps(c.add(r * ldc)),
+                    _mm512_loadu_ps(c.add(r * ldc + 16)),
+                ];
+            }
+        }
+        for (p, pairs) in panel.chunks_exact(WIDTH).enumerate() {
+            let b: [__m512bh; 2] = [
+                std::mem::transmute(_mm512_loadu_si512(pairs.as_ptr().cast())),
+                std::mem::transmute(_mm512_loadu_si512(pairs.as_ptr().add(16).cast())),
+            ];
+            for (r, sums) in sums.iter_mut().enumerate() {
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + p) as i32));
+                sums[0] = _mm512_dpbf16_ps(sums[0], x, b[0]);
+                sums[1] = _mm512_dpbf16_ps(sums[1], x, b[1]);
+            }
+        }
+        let bias = bias.map(|b| [_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16))]);
+        for (r, sums) in sums.iter().enumerate() {
+            let [low, high] = match bias {
+                Some([b0, b1]) => [_mm512_add_ps(sums[0], b0), _mm512_add_ps(sums[1], b1)],
+                None => *sums,
+            };
+            _mm512_storeu_ps(c.add(r * ldc), low);
+            _mm512_storeu_ps(c.add(r * ldc + 16), high);
+        }
+    }
+}
+
+/// `lhs [rows, k] · rhs (+ bias)` as a new row-major `[rows, n]`, `lhs` strided, by row
+/// blocks over the cores ([`crate::gemm::block_rows`]).
+pub(crate) fn product_rows_bf16(
+    kernel: Bf16Kernel,
+    (lhs, cs, rs): Strided,
+    rows: usize,
+    rhs: &Bf16Panels,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let n = rhs.n;
+    if rows == 0 {
+        return Vec::new();
+    }
+    let block = crate::gemm::block_rows(rows);
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(block * n).enumerate().for_each(|(b, dst)| {
+            rhs.product(kernel, dst, (&lhs[b * block * rs..], cs, rs), bias);
+        })
+    };
+    // SAFETY: `product` writes every element of its block.
+    unsafe { crate::flex::written(rows * n, fill) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: each output's pairs in depth order, the second value's product added
+    /// first, each sum rounded to f32.
+    fn definition(lhs: Strided, rhs: Strided, [m, k, n]: [usize; 3], bias: Option<&[f32]>) -> Vec<f32> {
+        let round = |x: f32| f32::from_bits(bf16_bits(x) << 16);
+        let at = |(v, cs, rs): Strided, i: usize, j: usize, rows: usize| {
+            if i < rows { round(v[i * rs + j * cs]) } else { 0.0 }
+        };
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut sum = 0f32;
+                for p in (0..k).step_by(2) {
+                    let (a0, a1) = (
+                        at(lhs, i, p, m),
+                        if p + 1 < k { at(lhs, i, p + 1, m) } else { 0.0 },
+                    );
+                    let (b0, b1) = (at(rhs, p, j, k), at(rhs, p + 1, j, k));
+                    sum = (sum + a1 * b1) + a0 * b0;
+                }
+                out.push(sum + bias.map_or(0.0, |b| b[j]));
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
+            })
+            .collect()
+    }
+
+    fn kernels() -> Vec<Bf16Kernel> {
+        let mut kernels = vec![Bf16Kernel::Emulated];
+        if Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 {
+            kernels.push(Bf16Kernel::Avx512Bf16);
+        } else {
+            eprintln!("no AVX512_BF16: only the emulation is checked here");
+        }
+        kernels
+    }
+
+    #[test]
+    fn products_equal_the_definition_bit_for_bit() {
+        // Row counts across tiles and row tiles, odd depths and depths across panel blocks,
+        // narrow last panels, both strides of each operand, with a bias and without.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (13, 801, 48),
+            (100, 384, 37),
+            (7, 5, 33),
+            (97, 769, 20),
+        ] {
+            let (lhs, rhs, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
+            for (lhs_strides, rhs_strides) in [((1, k), (1, n)), ((m, 1), (k, 1))] {
+                let panels = Bf16Panels::pack((&rhs, rhs_strides.0, rhs_strides.1), [k, n]);
+                for bias in [Some(&bias[..]), None] {
+                    let lhs = (&lhs[..], lhs_strides.0, lhs_strides.1);
+                    let want = definition(lhs, (&rhs, rhs_strides.0, rhs_strides.1), [m, k, n], bias);
+                    for kernel in kernels() {
+                        let got = product_rows_bf16(kernel, lhs, m, &panels, bias);
+                        for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                w.to_bits(),
+                                "{kernel:?} {m}x{k}x{n} element {e}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_hardware_kernel_runs_where_the_cpu_has_it() {
+        let has = crate::ops::bf16::cpu_has_avx512_bf16();
+        assert_eq!(Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16, has);
+    }
+
+    #[test]
+    fn rounding_flushes_subnormals_and_keeps_ties_even() {
+        assert_eq!(bf16_bits(1e-39), 0);
+        assert_eq!(bf16_bits(-1e-39), 0x8000);
+        assert_eq!(bf16_bits(1.0 + 2f32.powi(-8)), 0x3f80); // a tie, to the even 1.0
+        assert_eq!(pair(1.0, -2.0), 0xc000_3f80);
+    }
+}
