@@ -226,9 +226,25 @@ impl Bf16Panels {
                         out[pairs - 1] = pair(row[k - 1], 0.0);
                     }
                 }
+            } else if rs == 1 {
+                // Rows are columns of a row-major matrix (a transposed one): pair two of its
+                // rows at a time, then scatter the pairs.
+                let mut pairs_at = [MaybeUninit::new(0u32); ROW_TILE];
+                let zeros = [0f32; ROW_TILE];
+                for p in 0..pairs {
+                    let first = &lhs[2 * p * cs + i0..][..tile];
+                    let second = if 2 * p + 1 < k {
+                        &lhs[(2 * p + 1) * cs + i0..][..tile]
+                    } else {
+                        &zeros[..tile]
+                    };
+                    interleave_pairs(&mut pairs_at[..tile], first, second);
+                    for (r, value) in pairs_at[..tile].iter().enumerate() {
+                        // SAFETY: written by `interleave_pairs` just above.
+                        rows[r * pairs + p] = unsafe { value.assume_init() };
+                    }
+                }
             } else {
-                // Rows are columns of a row-major matrix (a transposed one): read across them,
-                // one depth at a time.
                 for p in 0..pairs {
                     let at = |d: usize, i: usize| if d < k { lhs[i * rs + d * cs] } else { 0.0 };
                     for (r, i) in (i0..i0 + tile).enumerate() {
@@ -535,7 +551,7 @@ mod tests {
     #[test]
     fn products_equal_the_definition_bit_for_bit() {
         // Row counts across tiles and row tiles, odd depths and depths across panel blocks,
-        // narrow last panels, both strides of each operand, with a bias and without.
+        // narrow last panels, dense and transposed operands, with a bias and without.
         for (m, k, n) in [
             (1, 1, 1),
             (13, 801, 48),
@@ -543,8 +559,9 @@ mod tests {
             (7, 5, 33),
             (97, 769, 20),
         ] {
-            let (lhs, rhs, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
-            for (lhs_strides, rhs_strides) in [((1, k), (1, n)), ((m, 1), (k, 1))] {
+            // The lhs also strided both ways (every other value of longer rows).
+            let (lhs, rhs, bias) = (values(3 * m * k + 1, 1), values(k * n, 2), values(n, 3));
+            for (lhs_strides, rhs_strides) in [((1, k), (1, n)), ((m, 1), (k, 1)), ((2, 2 * k + 1), (1, n))] {
                 let panels = Bf16Panels::pack((&rhs, rhs_strides.0, rhs_strides.1), [k, n]);
                 for bias in [Some(&bias[..]), None] {
                     let lhs = (&lhs[..], lhs_strides.0, lhs_strides.1);
