@@ -193,8 +193,7 @@ impl Bf16Panels {
     /// [`Self::product`] into `dst` with row stride `ldc`.
     ///
     /// SAFETY: `dst` must be valid for writes of `m` rows `ldc` apart of `n` values, which no
-    /// one else accesses meanwhile; the kernel must be the emulation or the CPU must have
-    /// AVX512_BF16 ([`Bf16Kernel::detect`]).
+    /// one else accesses meanwhile.
     pub(crate) unsafe fn product_raw(
         &self,
         kernel: Bf16Kernel,
@@ -205,6 +204,10 @@ impl Bf16Panels {
     ) {
         let (k, n) = (self.k, self.n);
         assert!(ldc >= n, "bf16 panels: rows of dst overlap");
+        assert!(
+            kernel == Bf16Kernel::Emulated || crate::ops::bf16::cpu_has_avx512_bf16(),
+            "bf16 panels: this CPU has no AVX512_BF16"
+        );
         assert!(
             bias.is_none_or(|b| b.len() == n),
             "bf16 panels: bias of the wrong size"
@@ -252,7 +255,8 @@ impl Bf16Panels {
                     }
                 }
             }
-            // SAFETY: rows `i0..i0 + tile` of `dst` are the caller's, as is the kernel.
+            // SAFETY: rows `i0..i0 + tile` of `dst` are the caller's; the kernel runs here
+            // (asserted above).
             unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), rows, bias) };
         }
     }

@@ -47,8 +47,8 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 
 /// [`attention`] as bf16 products run it ([`crate::ops::bf16`]): the probabilities are rounded
 /// to bf16 before they multiply the values, and their gradient is rounded as
-/// [`round_to_bf16`]'s is; so are the gradients that backward products take as operands (the
-/// output's, and the scores'); softmax and its backward stay f32. Rounding the queries, keys
+/// [`round_to_bf16`]'s is, and so is the output's where it multiplies V and P in the backward
+/// pass; softmax and its backward, and the scores' gradient, stay f32. Rounding the queries, keys
 /// and values is the caller's part.
 pub fn attention_bf16(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     flex_kernel(&qkv, heads, true).unwrap_or_else(|| explicit_attention_bf16(qkv, heads))
@@ -79,12 +79,12 @@ fn explicit_attention_bf16(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     let scores = q
         .mul_scalar((head_dim as f64).powf(-0.5))
         .matmul(k.swap_dims(2, 3));
-    let out = round_to_bf16(softmax(round_gradient(scores), 3)).matmul(v);
+    let out = round_to_bf16(softmax(scores, 3)).matmul(v);
     round_gradient(merge_heads(out))
 }
 
-/// `x` unchanged, its gradient rounded to bf16: where a bf16 product takes a gradient (dO,
-/// dS) as its operand. The two roundings cancel exactly in the forward pass.
+/// `x` unchanged, its gradient rounded to bf16: where a bf16 product takes a gradient (dO)
+/// as its operand. The two roundings cancel exactly in the forward pass.
 fn round_gradient<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone().detach() + (round_to_bf16(x.clone()) - round_to_bf16(x).detach())
 }
@@ -350,15 +350,16 @@ pub(crate) mod flex {
         let values = Bf16Panels::pack((v, v_cs, v_rs), [n, d]);
         let (offset, ldc) = (x.band(pair, 0, 1), x.dim());
         assert!(offset + (n - 1) * ldc + d <= bands.1);
-        // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands;
-        // the kernel is `detect`ed.
+        // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands.
         unsafe { values.product_raw(kernel, (bands.0.add(offset), ldc), n, (scores, 1, n), None) };
     }
 
-    /// One pair of [`AttentionBackward`] with bf16 products ([`crate::bf16_panels`]): every
-    /// operand rounded to bf16 by the packing, the output's gradient dO and dS among them, as
-    /// autocast's products take them; dP is rounded before the softmax backward, which reads
-    /// the f32 probabilities.
+    /// One pair of [`AttentionBackward`] in bf16: dP and dV on bf16 products
+    /// ([`crate::bf16_panels`]; their operands dO, V and P are bf16 values), dP rounded before
+    /// the softmax backward, which reads the f32 probabilities; dQ and dK from the f32 dS on
+    /// the f32 kernel. dS sums to zero along each row, so dQ = dS K cancels the keys' common
+    /// part; rounded to bf16, dS leaves 2^-9 of that part in dQ, and the 12-class synthetic
+    /// runs then learn shape later (`docs/optimization-log.md`, the bf16 micro-kernel).
     fn bf16_backward_pair(
         x: &AttentionInputs,
         pair: usize,
@@ -371,37 +372,30 @@ pub(crate) mod flex {
         let (q, q_cs, q_rs) = x.read(pair, Part::Query);
         let (k, k_cs, k_rs) = x.read(pair, Part::Key);
         let (v, v_cs, v_rs) = x.read(pair, Part::Value);
-        // Into this pair's band of `part` in d qkv, then times `scale` if not 1.
-        let into = |part: Part, panels: &Bf16Panels, lhs: (&[f32], usize, usize), scale: f32| {
-            let (offset, ldc) = (x.band(pair, part as usize, 3), 3 * dim);
-            assert!(offset + (n - 1) * ldc + d <= bands.1);
-            // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint
-            // bands; the kernel is `detect`ed.
-            unsafe {
-                let dst = bands.0.add(offset);
-                panels.product_raw(kernel, (dst, ldc), n, lhs, None);
-                if scale != 1.0 {
-                    for row in 0..n {
-                        std::slice::from_raw_parts_mut(dst.add(row * ldc), d)
-                            .iter_mut()
-                            .for_each(|g| *g *= scale);
-                    }
-                }
-            }
-        };
+        let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
         // dP = dO Vᵀ, rounded, then dS in place
         let values_t = Bf16Panels::pack((v, v_rs, v_cs), [d, n]);
         let ds = values_t.product(kernel, ds, (d_out, 1, dim), None);
         round_to_bf16_slice(ds);
         softmax_backward_rows(ds, p, n);
-        // dV = Pᵀ dO
+        // dV = Pᵀ dO, into this pair's band of dV
         let grad_out = Bf16Panels::pack((d_out, 1, dim), [n, d]);
-        into(Part::Value, &grad_out, (p, n, 1), 1.0);
+        let (offset, ldc) = band(Part::Value);
+        assert!(offset + (n - 1) * ldc + d <= bands.1);
+        // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands.
+        unsafe { grad_out.product_raw(kernel, (bands.0.add(offset), ldc), n, (p, n, 1), None) };
         // dQ = scale dS K, dK = scale dSᵀ Q
-        let keys = Bf16Panels::pack((k, k_cs, k_rs), [n, d]);
-        into(Part::Query, &keys, (ds, 1, n), x.scale());
-        let queries = Bf16Panels::pack((q, q_cs, q_rs), [n, d]);
-        into(Part::Key, &queries, (ds, n, 1), x.scale());
+        // SAFETY (each): one task per pair, disjoint bands.
+        unsafe {
+            bands.matmul(
+                band(Part::Query),
+                [n, d, n],
+                (ds, 1, n),
+                (k, k_cs, k_rs),
+                x.scale(),
+            )
+        };
+        unsafe { bands.matmul(band(Part::Key), [n, d, n], (ds, n, 1), (q, q_cs, q_rs), x.scale()) };
     }
 
     /// The gradient of the fused projection from the merged output's, given the inputs and
