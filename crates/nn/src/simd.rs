@@ -196,16 +196,6 @@ multiversion! {
 }
 
 multiversion! {
-    /// Every element of `x` rounded to bf16 ([`round_to_bf16_scalar`]), into `out` (which it
-    /// need not read, so it may start uninitialised).
-    fn round_to_bf16_into(out: &mut [MaybeUninit<f32>], x: &[f32]) {
-        for (out, &x) in out.iter_mut().zip(x) {
-            out.write(round_to_bf16_scalar(x));
-        }
-    }
-}
-
-multiversion! {
     /// Every element rounded to bf16 ([`round_to_bf16_scalar`]), in place.
     fn round_to_bf16_slice(xs: &mut [f32]) {
         for x in xs {

@@ -354,25 +354,22 @@ pub(crate) mod flex {
         unsafe { values.product_raw(kernel, (bands.0.add(offset), ldc), n, (scores, 1, n), None) };
     }
 
-    /// One pair of [`AttentionBackward`] in bf16: dP and dV on bf16 products
+    /// dS and dV of one pair of [`AttentionBackward`] in bf16: dP and dV on bf16 products
     /// ([`crate::bf16_panels`]; their operands dO, V and P are bf16 values), dP rounded before
-    /// the softmax backward, which reads the f32 probabilities; dQ and dK from the f32 dS on
-    /// the f32 kernel. dS sums to zero along each row, so dQ = dS K cancels the keys' common
-    /// part; rounded to bf16, dS leaves 2^-9 of that part in dQ, and the 12-class synthetic
-    /// runs then learn shape later (`docs/optimization-log.md`, the bf16 micro-kernel).
-    fn bf16_backward_pair(
+    /// the softmax backward, which reads the f32 probabilities. dS stays f32 for dQ and dK: it
+    /// sums to zero along each row, so dQ = dS K cancels the keys' common part; rounded to
+    /// bf16, dS leaves 2^-9 of that part in dQ, and the 12-class synthetic runs then learn
+    /// shape later (`docs/optimization-log.md`, the bf16 micro-kernel).
+    fn bf16_ds_and_dv<'a>(
         x: &AttentionInputs,
         pair: usize,
         (p, d_out): (&[f32], &[f32]),
-        ds: &mut [MaybeUninit<f32>],
+        ds: &'a mut [MaybeUninit<f32>],
         bands: &DisjointBands,
-    ) {
+    ) -> &'a mut [f32] {
         let (n, d, dim) = (x.tokens, x.head_dim, x.dim());
         let kernel = Bf16Kernel::detect();
-        let (q, q_cs, q_rs) = x.read(pair, Part::Query);
-        let (k, k_cs, k_rs) = x.read(pair, Part::Key);
         let (v, v_cs, v_rs) = x.read(pair, Part::Value);
-        let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
         // dP = dO Vᵀ, rounded, then dS in place
         let values_t = Bf16Panels::pack((v, v_rs, v_cs), [d, n]);
         let ds = values_t.product(kernel, ds, (d_out, 1, dim), None);
@@ -380,22 +377,11 @@ pub(crate) mod flex {
         softmax_backward_rows(ds, p, n);
         // dV = Pᵀ dO, into this pair's band of dV
         let grad_out = Bf16Panels::pack((d_out, 1, dim), [n, d]);
-        let (offset, ldc) = band(Part::Value);
+        let (offset, ldc) = (x.band(pair, Part::Value as usize, 3), 3 * dim);
         assert!(offset + (n - 1) * ldc + d <= bands.1);
         // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands.
         unsafe { grad_out.product_raw(kernel, (bands.0.add(offset), ldc), n, (p, n, 1), None) };
-        // dQ = scale dS K, dK = scale dSᵀ Q
-        // SAFETY (each): one task per pair, disjoint bands.
-        unsafe {
-            bands.matmul(
-                band(Part::Query),
-                [n, d, n],
-                (ds, 1, n),
-                (k, k_cs, k_rs),
-                x.scale(),
-            )
-        };
-        unsafe { bands.matmul(band(Part::Key), [n, d, n], (ds, n, 1), (q, q_cs, q_rs), x.scale()) };
+        ds
     }
 
     /// The gradient of the fused projection from the merged output's, given the inputs and
@@ -417,53 +403,30 @@ pub(crate) mod flex {
             let pairs = x.batch * x.heads;
             let fill = |dqkv: &mut [MaybeUninit<f32>]| {
                 let bands = DisjointBands::new(dqkv);
-                let rounded_capacity = if x.bf16_probabilities { n * n } else { 0 };
                 (0..pairs).into_par_iter().for_each_init(
-                    || (Vec::with_capacity(n * n), Vec::with_capacity(rounded_capacity)),
-                    |(ds, rounded): &mut (Vec<f32>, Vec<f32>), pair| {
-                        if x.bf16_probabilities {
-                            let p = &probabilities[pair * n * n..][..n * n];
-                            let d_out = &grad_out[x.band(pair, 0, 1)..];
-                            return bf16_backward_pair(
-                                &x,
-                                pair,
-                                (p, d_out),
-                                &mut ds.spare_capacity_mut()[..n * n],
-                                &bands,
-                            );
-                        }
+                    || Vec::with_capacity(n * n),
+                    |ds: &mut Vec<f32>, pair| {
                         let (q, q_cs, q_rs) = x.read(pair, Part::Query);
                         let (k, k_cs, k_rs) = x.read(pair, Part::Key);
                         let (v, v_cs, v_rs) = x.read(pair, Part::Value);
                         let p = &probabilities[pair * n * n..][..n * n];
                         let d_out = &grad_out[x.band(pair, 0, 1)..];
                         let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
+                        let ds = &mut ds.spare_capacity_mut()[..n * n];
                         // SAFETY (each `bands.matmul`): one task per pair, disjoint bands.
-                        // dP = dO Vᵀ, then dS in place
-                        let ds = matmul(
-                            &mut ds.spare_capacity_mut()[..n * n],
-                            [n, n, d],
-                            (d_out, 1, dim),
-                            (v, v_rs, v_cs),
-                            1.0,
-                        );
-                        if x.bf16_probabilities {
-                            round_to_bf16_slice(ds);
-                        }
-                        softmax_backward_rows(ds, p, n);
-                        let p = if x.bf16_probabilities {
-                            let out = &mut rounded.spare_capacity_mut()[..n * n];
-                            round_to_bf16_into(out, p);
-                            // SAFETY: written in full just above.
-                            unsafe { assume_written(out) }
+                        let ds = if x.bf16_probabilities {
+                            bf16_ds_and_dv(&x, pair, (p, d_out), ds, &bands)
                         } else {
-                            p
-                        };
-                        // dV = Pᵀ dO, after the softmax backward has streamed P into the cache:
-                        // the product reads Pᵀ in strips of a few columns across all of P's
-                        // rows, which straight from memory is twice as slow.
-                        unsafe {
-                            bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0)
+                            // dP = dO Vᵀ, then dS in place
+                            let ds = matmul(ds, [n, n, d], (d_out, 1, dim), (v, v_rs, v_cs), 1.0);
+                            softmax_backward_rows(ds, p, n);
+                            // dV = Pᵀ dO, after the softmax backward has streamed P into the
+                            // cache: the product reads Pᵀ in strips of a few columns across all
+                            // of P's rows, which straight from memory is twice as slow.
+                            unsafe {
+                                bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0)
+                            };
+                            ds
                         };
                         // dQ = scale dS K, dK = scale dSᵀ Q
                         unsafe {
