@@ -6,6 +6,7 @@ use burn::backend::tensor::FloatTensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+use crate::bf16_panels::Bf16Panels;
 use crate::flex::written;
 use crate::panels::Panels;
 
@@ -48,6 +49,11 @@ impl<'a> Operand<'a> {
     /// The matrix packed for [`product_rows`], where the CPU runs [`Panels`].
     pub(crate) fn panels(&self) -> Option<Panels> {
         Panels::pack((self.values(), self.cs, self.rs), [self.rows, self.cols])
+    }
+
+    /// The matrix rounded and packed for [`crate::bf16_panels::product_rows_bf16`].
+    pub(crate) fn bf16_panels(&self) -> Bf16Panels {
+        Bf16Panels::pack((self.values(), self.cs, self.rs), [self.rows, self.cols])
     }
 }
 

@@ -3,10 +3,11 @@
 //! statistics and the loss stay f32. The gradient passes through the rounding and is itself
 //! rounded to bf16, as autocast's gradients of bf16 activations are.
 //!
-//! The linear layers' products, forward and backward, run on [`crate::ops::linear_bf16`]'s
-//! kernel: AVX512_BF16's `vdpbf16ps` where the CPU has it, else an emulation that gives the
-//! same bits more slowly. The patch embedding and attention multiply rounded operands with
-//! their f32 kernels. Runs on `flex` only; other backends refuse it ([`Precision::prepare`]).
+//! The linear layers' products, forward and backward, and attention's (all but dQ and dK, see
+//! [`crate::ops::attention::attention_bf16`]) run on gaze's bf16 kernel: AVX512_BF16's
+//! `vdpbf16ps` where the CPU has it, else an emulation that gives the same bits more slowly.
+//! The patch embedding multiplies rounded operands with its f32 kernel. Runs on `flex` only;
+//! other backends refuse it ([`Precision::prepare`]).
 
 use std::fmt;
 use std::str::FromStr;

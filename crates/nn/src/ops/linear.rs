@@ -285,7 +285,7 @@ pub(crate) mod flex {
         fn each_packing_of_a_weight_is_kept_apart() {
             use crate::bf16_panels::Bf16Panels;
             let weight = matrix(1.0);
-            let bf16 = |w: &Operand| Some(Bf16Panels::pack((w.values(), w.cs, w.rs), [w.rows, w.cols]));
+            let bf16 = |w: &Operand| Some(w.bf16_panels());
             let first = kept(&Operand::new(&weight), Bf16Panels::bytes, bf16).expect("packed");
             // The f32 panels of the same weight are not the bf16 ones, and do not evict them.
             if kept(&Operand::new(&weight), Panels::bytes, pack).is_none() {

@@ -77,13 +77,6 @@ pub(crate) mod flex {
         }
     }
 
-    fn pack(weight: &Operand) -> Bf16Panels {
-        Bf16Panels::pack(
-            (weight.values(), weight.cs, weight.rs),
-            [weight.rows, weight.cols],
-        )
-    }
-
     fn forward(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
@@ -105,8 +98,8 @@ pub(crate) mod flex {
             return crate::ops::linear::flex::linear_forward(x, weight.tensor.clone(), bias, packing);
         }
         let panels = match packing {
-            Packing::Keep => kept(&weight, Bf16Panels::bytes, |w| Some(pack(w))).expect("packed"),
-            Packing::Once => Arc::new(pack(&weight)),
+            Packing::Keep => kept(&weight, Bf16Panels::bytes, |w| Some(w.bf16_panels())).expect("packed"),
+            Packing::Once => Arc::new(weight.bf16_panels()),
         };
         let out = product_rows_bf16(
             Bf16Kernel::detect(),
