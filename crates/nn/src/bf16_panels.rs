@@ -28,6 +28,9 @@ const TILE: usize = 12;
 const DEPTH: usize = 384;
 /// Rows a task multiplies against every panel before moving on (their bf16 pairs stay in L2).
 const ROW_TILE: usize = 96;
+/// Pairs of a transposed left-hand side's rows transposed at a time: one cache line of
+/// each row.
+const PAIR_BLOCK: usize = 16;
 /// Values up to which packing stays on the calling thread.
 const SERIAL: usize = 1 << 16;
 
@@ -136,8 +139,29 @@ impl Bf16Panels {
                         interleave_pairs(&mut out[..width], first, second);
                         out[width..].fill(MaybeUninit::new(0));
                     }
+                } else if rs == 1 {
+                    // Columns are contiguous (a transposed matrix): pair each column's depths
+                    // in one pass, then transpose the pairs into the panel.
+                    let depth = DEPTH.min(k - k0);
+                    let mut columns = vec![0u32; width * depth_pairs];
+                    for (j, column) in columns.chunks_exact_mut(depth_pairs).enumerate() {
+                        let values = &rhs[(j0 + j) * cs + k0..][..depth];
+                        consecutive_pairs(&mut column[..depth / 2], &values[..depth / 2 * 2]);
+                        if depth % 2 == 1 {
+                            column[depth / 2] = pair(values[depth - 1], 0.0);
+                        }
+                    }
+                    for (p, out) in out.chunks_exact_mut(WIDTH).enumerate() {
+                        for (j, out) in out.iter_mut().enumerate() {
+                            out.write(if j < width {
+                                columns[j * depth_pairs + p]
+                            } else {
+                                0
+                            });
+                        }
+                    }
                 } else {
-                    // Columns are (a transposed matrix): read each one in order.
+                    // Neither rows nor columns contiguous: read each column in order.
                     for j in 0..WIDTH {
                         for (p, out) in out.chunks_exact_mut(WIDTH).enumerate() {
                             let d = k0 + 2 * p;
@@ -231,20 +255,26 @@ impl Bf16Panels {
                 }
             } else if rs == 1 {
                 // Rows are columns of a row-major matrix (a transposed one): pair two of its
-                // rows at a time, then scatter the pairs.
-                let mut pairs_at = [MaybeUninit::new(0u32); ROW_TILE];
+                // rows at a time, [`PAIR_BLOCK`] pairs of them, then transpose those pairs into
+                // the rows (a cache line of each row at a time).
+                let mut block = [MaybeUninit::new(0u32); PAIR_BLOCK * ROW_TILE];
                 let zeros = [0f32; ROW_TILE];
-                for p in 0..pairs {
-                    let first = &lhs[2 * p * cs + i0..][..tile];
-                    let second = if 2 * p + 1 < k {
-                        &lhs[(2 * p + 1) * cs + i0..][..tile]
-                    } else {
-                        &zeros[..tile]
-                    };
-                    interleave_pairs(&mut pairs_at[..tile], first, second);
-                    for (r, value) in pairs_at[..tile].iter().enumerate() {
-                        // SAFETY: written by `interleave_pairs` just above.
-                        rows[r * pairs + p] = unsafe { value.assume_init() };
+                for p0 in (0..pairs).step_by(PAIR_BLOCK) {
+                    let count = PAIR_BLOCK.min(pairs - p0);
+                    for (p, out) in (p0..p0 + count).zip(block.chunks_exact_mut(ROW_TILE)) {
+                        let first = &lhs[2 * p * cs + i0..][..tile];
+                        let second = if 2 * p + 1 < k {
+                            &lhs[(2 * p + 1) * cs + i0..][..tile]
+                        } else {
+                            &zeros[..tile]
+                        };
+                        interleave_pairs(&mut out[..tile], first, second);
+                    }
+                    for (r, row) in rows.chunks_exact_mut(pairs).enumerate() {
+                        for (b, value) in row[p0..p0 + count].iter_mut().enumerate() {
+                            // SAFETY: written by `interleave_pairs` just above.
+                            *value = unsafe { block[b * ROW_TILE + r].assume_init() };
+                        }
                     }
                 }
             } else {
