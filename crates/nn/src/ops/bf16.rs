@@ -110,7 +110,72 @@ impl Precision {
 /// Every value rounded to the nearest bf16 (ties to even; NaN stays NaN), kept as f32. The
 /// gradient passes through, rounded to bf16.
 pub fn round_to_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if crate::flex::on_flex(&x) {
+        use burn::backend::Dispatch;
+        return Tensor::from_dispatch(<Dispatch as flex::RoundToBf16>::round_to_bf16(x.into_dispatch()));
+    }
+    round_by_casting(x)
+}
+
+/// [`round_to_bf16`] by burn's casts: its path off `flex`, and its reference.
+fn round_by_casting<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.cast(FloatDType::BF16).cast(FloatDType::F32)
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use crate::flex::*;
+    use crate::simd::round_to_bf16_slice;
+
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::backend::tensor::FloatTensor;
+    use burn::backend::{Autodiff, Backend, Flex, backend_extension};
+    use burn::tensor::TensorData;
+    use rayon::prelude::*;
+
+    /// [`super::round_to_bf16`] in one vectorised pass over the cores (burn's two casts
+    /// convert one value at a time).
+    #[backend_extension(Flex, Autodiff)]
+    pub trait RoundToBf16: Backend {
+        fn round_to_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    }
+
+    impl RoundToBf16 for Flex {
+        fn round_to_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            let (mut values, shape) = flex_values(x);
+            values.par_chunks_mut(CHUNK).for_each(round_to_bf16_slice);
+            FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
+        }
+    }
+
+    impl<C: CheckpointStrategy> RoundToBf16 for Autodiff<Flex, C> {
+        fn round_to_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            match RoundToBf16Backward
+                .prepare::<C>([x.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((), Flex::round_to_bf16(x.into_primitive())),
+                OpsKind::UnTracked(prep) => prep.finish(Flex::round_to_bf16(x.into_primitive())),
+            }
+        }
+    }
+
+    /// The gradient passes through, rounded to bf16.
+    #[derive(Debug)]
+    struct RoundToBf16Backward;
+
+    impl Backward<Flex, 1> for RoundToBf16Backward {
+        type State = ();
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            unary::<Flex, _>(ops.parents, ops.node, grads, Flex::round_to_bf16);
+        }
+    }
 }
 
 /// The reference for [`round_to_bf16`] on one value: add half a bf16 unit in the last place,
@@ -162,19 +227,52 @@ mod tests {
             assert_eq!(round_to_bf16_scalar(x), want, "{x:e}");
         }
         assert!(round_to_bf16_scalar(f32::NAN).is_nan());
-        // The tensor path agrees with the reference bit for bit on awkward values.
+        // The tensor paths, flex's kernel and burn's casts, agree with the reference bit for
+        // bit on awkward values (more than one parallel chunk of them).
         let device = flex();
         let mut values: Vec<f32> = cases.iter().map(|c| c.0).collect();
         values.extend([1e-40, -3e-39, f32::INFINITY, 0.0, -0.0]);
-        values.extend((0..4096).map(|i| ((i as f32) * 0.7123).sin() * 10f32.powi(i % 9 - 4)));
-        let rounded = round_to_bf16(Tensor::<1>::from_data(
-            TensorData::new(values.clone(), [values.len()]),
-            &device,
-        ));
-        let got: Vec<f32> = rounded.into_data().try_to_vec().unwrap();
-        for (x, got) in values.iter().zip(got) {
-            assert_eq!(got.to_bits(), round_to_bf16_scalar(*x).to_bits(), "{x:e}");
+        values.extend((0..40000).map(|i| ((i as f32) * 0.7123).sin() * 10f32.powi(i % 9 - 4)));
+        let x = Tensor::<1>::from_data(TensorData::new(values.clone(), [values.len()]), &device);
+        for rounded in [round_to_bf16(x.clone()), round_by_casting(x)] {
+            let got: Vec<f32> = rounded.into_data().try_to_vec().unwrap();
+            for (x, got) in values.iter().zip(got) {
+                assert_eq!(got.to_bits(), round_to_bf16_scalar(*x).to_bits(), "{x:e}");
+            }
         }
+    }
+
+    #[test]
+    fn the_gradient_passes_through_rounded() {
+        let device = flex().autodiff();
+        let x = Tensor::<2>::random([3, 9000], Distribution::Normal(0.0, 1.0), &device);
+        let weight = Tensor::<2>::random([3, 9000], Distribution::Normal(0.0, 1.0), &device);
+        // flex's backward and that of burn's casts give the same bits.
+        assert_same_gradients(
+            (&x, &weight),
+            &round_to_bf16,
+            &round_by_casting,
+            &|_| Vec::new(),
+            0.0,
+        );
+        // Both are the output's gradient, here the weight, rounded: it moved.
+        let x = x.require_grad();
+        let grads = (round_to_bf16(x.clone()) * weight.clone()).sum().backward();
+        let (dx, weight) = (x.grad(&grads).unwrap(), weight.inner());
+        let rounded: Vec<f32> = weight
+            .clone()
+            .into_data()
+            .iter::<f32>()
+            .map(round_to_bf16_scalar)
+            .collect();
+        assert_eq!(dx.into_data().try_to_vec::<f32>().unwrap(), rounded);
+        assert!(
+            (round_by_casting(weight.clone()) - weight)
+                .abs()
+                .max()
+                .into_scalar::<f32>()
+                > 0.0
+        );
     }
 
     #[test]
