@@ -3,11 +3,11 @@
 //! statistics and the loss stay f32. The gradient passes through the rounding and is itself
 //! rounded to bf16, as autocast's gradients of bf16 activations are.
 //!
-//! The linear layers' and the patch embedding's products, forward and backward, and
-//! attention's (all but dQ and dK, see [`crate::ops::attention::attention_bf16`]) run on
-//! gaze's bf16 kernel: AVX512_BF16's `vdpbf16ps` where the CPU has it, else an emulation that
-//! gives the same bits more slowly. Runs on `flex` only; other backends refuse it
-//! ([`Precision::prepare`]).
+//! The linear layers' products, forward and backward, and attention's (all but dQ and dK, see
+//! [`crate::ops::attention::attention_bf16`]) run on gaze's bf16 kernel: AVX512_BF16's
+//! `vdpbf16ps` where the CPU has it, else an emulation that gives the same bits more slowly.
+//! The patch embedding multiplies rounded operands with its f32 kernel. Runs on `flex` only;
+//! other backends refuse it ([`Precision::prepare`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -96,13 +96,14 @@ impl Precision {
         }
     }
 
-    /// [`crate::ops::patch_embed`], or in bf16 [`crate::ops::patch_embed::patch_embed_bf16`]
-    /// (the images and the kernel as product operands).
+    /// [`crate::ops::patch_embed`] with the images and the kernel as product operands.
     pub fn patch_embed(self, conv: &Conv2d, images: Tensor<4>) -> Tensor<3> {
-        match self {
-            Precision::Fp32 => crate::ops::patch_embed(conv, images),
-            Precision::Bf16 => crate::ops::patch_embed::patch_embed_bf16(conv, images),
+        if self == Precision::Fp32 {
+            return crate::ops::patch_embed(conv, images);
         }
+        let mut rounded = conv.clone();
+        rounded.weight = rounded.weight.map(round_to_bf16);
+        crate::ops::patch_embed(&rounded, self.operand(images))
     }
 }
 

@@ -15,45 +15,16 @@ pub fn patch_embed(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
         && flex::cuts_patches(conv, &x)
     {
         use burn::backend::Dispatch;
-        let (rows, weight) = flex::rows_and_weight(conv, x);
+        let [dim, c_in, kh, kw] = conv.weight.dims();
+        let weight = conv.weight.val().reshape([dim, c_in * kh * kw]).swap_dims(0, 1);
+        let rows = <Dispatch as flex::PatchRows>::patch_rows(x.into_dispatch(), [kh, kw]);
         return Tensor::from_dispatch(<Dispatch as crate::ops::linear::flex::FusedLinear>::fused_linear(
             rows,
-            weight,
+            weight.into_dispatch(),
             bias.val().into_dispatch(),
         ));
     }
     burns_patch_embed(conv, x)
-}
-
-/// [`patch_embed`] with bf16 products: on `flex` the patch rows go through
-/// [`linear_bf16`](fn@super::linear_bf16)'s kernel (the images and the kernel rounded there,
-/// the weight's gradient rounded as bf16 gradients are); elsewhere burn's convolution takes
-/// rounded operands.
-pub fn patch_embed_bf16(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
-    #[cfg(feature = "flex")]
-    if let Some(bias) = &conv.bias
-        && flex::cuts_patches(conv, &x)
-    {
-        use burn::backend::Dispatch;
-        let (rows, weight) = flex::rows_and_weight(conv, x);
-        return Tensor::from_dispatch(
-            <Dispatch as crate::ops::linear_bf16::flex::FusedLinearBf16>::fused_linear_bf16(
-                rows,
-                weight,
-                bias.val().into_dispatch(),
-            ),
-        );
-    }
-    rounded_patch_embed(conv, x)
-}
-
-/// burn's patch embedding of the operands rounded to bf16: [`patch_embed_bf16`]'s path off
-/// `flex`, and its reference.
-fn rounded_patch_embed(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
-    use super::bf16::round_to_bf16;
-    let mut rounded = conv.clone();
-    rounded.weight = rounded.weight.map(round_to_bf16);
-    burns_patch_embed(&rounded, round_to_bf16(x))
 }
 
 /// burn's own patch embedding, the convolution with its grid flattened into tokens: what
@@ -74,7 +45,7 @@ pub(crate) mod flex {
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
     use burn::backend::tensor::FloatTensor;
-    use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+    use burn::backend::{Autodiff, Backend, Flex, backend_extension};
     use burn::tensor::TensorData;
     use rayon::prelude::*;
 
@@ -100,15 +71,6 @@ pub(crate) mod flex {
             && unpadded
             && h % kh == 0
             && w % kw == 0
-    }
-
-    /// The patch rows of `x` and the convolution's weight read in place as the `[c_in * kh *
-    /// kw, dim]` matrix that multiplies them.
-    pub fn rows_and_weight(conv: &Conv2d, x: Tensor<4>) -> (FloatTensor<Dispatch>, FloatTensor<Dispatch>) {
-        let [dim, c_in, kh, kw] = conv.weight.dims();
-        let weight = conv.weight.val().reshape([dim, c_in * kh * kw]).swap_dims(0, 1);
-        let rows = <Dispatch as PatchRows>::patch_rows(x.into_dispatch(), [kh, kw]);
-        (rows, weight.into_dispatch())
     }
 
     /// `[batch, c, gh * kh, gw * kw]` cut into `[batch, gh * gw, c * kh * kw]`: one row per
@@ -261,58 +223,5 @@ mod tests {
             },
             1e-4,
         );
-    }
-
-    #[test]
-    fn bf16_patch_embedding_equals_rounded_operands_with_gradients() {
-        let device = flex().autodiff();
-        let conv = patch_conv([2, 3], [2, 3], &device);
-        let x = Tensor::<4>::random([2, 5, 6, 12], Distribution::Normal(0.0, 1.0), &device);
-        let dy = Tensor::<3>::random([2, 12, 7], Distribution::Normal(0.0, 1.0), &device);
-        assert!(flex::cuts_patches(&conv, &x));
-        // The output and the gradients of x, the weight and the bias, flattened.
-        let run =
-            |f: &dyn Fn(&Conv2d, Tensor<4>) -> Tensor<3>, conv: &Conv2d, x: Tensor<4>, dy: Tensor<3>| {
-                let x = x.require_grad();
-                let out = f(conv, x.clone());
-                let grads = (out.clone() * dy).sum().backward();
-                let dw = conv.weight.grad(&grads).expect("weight is tracked");
-                let db = conv.bias.as_ref().unwrap().grad(&grads).expect("bias is tracked");
-                [
-                    out.inner().reshape([-1]),
-                    x.grad(&grads).expect("x is tracked").reshape([-1]),
-                    dw.reshape([-1]),
-                    db,
-                ]
-            };
-        let got = run(&patch_embed_bf16, &conv, x.clone(), dy.clone());
-        let want = run(&rounded_patch_embed, &conv, x.clone(), dy.clone());
-        // The same sums of the same rounded operands but for the output's gradient, which the
-        // kernel rounds before its products (2^-9 of each term). Gradients rounded to bf16 from
-        // sums that differ may land a step apart (2^-7 relative at most). Both bounded by 2^-6
-        // of the sums of the terms' magnitudes, which the same sums of absolute values give.
-        let mut magnitude_conv = conv.clone();
-        magnitude_conv.weight = magnitude_conv.weight.map(|w| w.abs().detach().require_grad());
-        magnitude_conv.bias = magnitude_conv
-            .bias
-            .map(|b| b.map(|b| b.abs().detach().require_grad()));
-        let magnitudes = run(&rounded_patch_embed, &magnitude_conv, x.clone().abs(), dy.abs());
-        for (((name, got), want), magnitude) in ["output", "dx", "dw", "db"]
-            .iter()
-            .zip(got)
-            .zip(want)
-            .zip(magnitudes)
-        {
-            let excess: f32 = ((got - want).abs() - magnitude * 2f32.powi(-6) - 1e-6)
-                .max()
-                .into_scalar();
-            assert!(excess <= 0.0, "{name}: beyond the bound by {excess}");
-        }
-        // Not the fp32 embedding: the operands were rounded.
-        let moved: f32 = (patch_embed(&conv, x.clone()) - patch_embed_bf16(&conv, x))
-            .abs()
-            .max()
-            .into_scalar();
-        assert!(moved > 1e-4, "bf16 moved the embedding by {moved}");
     }
 }
