@@ -509,13 +509,15 @@ unsafe fn dpbf16<const R: usize>(
 }
 
 /// `lhs [rows, k] · rhs (+ bias)` as a new row-major `[rows, n]`, `lhs` strided, by row
-/// blocks over the cores ([`crate::gemm::block_rows`]).
+/// blocks over the cores ([`crate::gemm::block_rows`]); with `rounded`, each sum then rounded
+/// to bf16 (by the task that wrote it, while its block is in cache).
 pub(crate) fn product_rows_bf16(
     kernel: Bf16Kernel,
     (lhs, cs, rs): Strided,
     rows: usize,
     rhs: &Bf16Panels,
     bias: Option<&[f32]>,
+    rounded: bool,
 ) -> Vec<f32> {
     let n = rhs.n;
     if rows == 0 {
@@ -524,7 +526,10 @@ pub(crate) fn product_rows_bf16(
     let block = crate::gemm::block_rows(rows);
     let fill = |out: &mut [MaybeUninit<f32>]| {
         out.par_chunks_mut(block * n).enumerate().for_each(|(b, dst)| {
-            rhs.product(kernel, dst, (&lhs[b * block * rs..], cs, rs), bias);
+            let sums = rhs.product(kernel, dst, (&lhs[b * block * rs..], cs, rs), bias);
+            if rounded {
+                crate::simd::round_to_bf16_slice(sums);
+            }
         })
     };
     // SAFETY: `product` writes every element of its block.
@@ -601,7 +606,7 @@ mod tests {
                     let lhs = (&lhs[..], lhs_strides.0, lhs_strides.1);
                     let want = definition(lhs, (&rhs, rhs_strides.0, rhs_strides.1), [m, k, n], bias);
                     for kernel in kernels() {
-                        let got = product_rows_bf16(kernel, lhs, m, &panels, bias);
+                        let got = product_rows_bf16(kernel, lhs, m, &panels, bias, false);
                         for (e, (g, w)) in got.iter().zip(&want).enumerate() {
                             assert_eq!(
                                 g.to_bits(),

@@ -45,7 +45,7 @@ pub(crate) mod flex {
     use crate::flex::*;
     use crate::gemm::Operand;
     use crate::ops::linear::flex::{Packing, kept};
-    use crate::simd::round_to_bf16_slice;
+    use rayon::prelude::*;
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -107,6 +107,7 @@ pub(crate) mod flex {
             rows,
             &panels,
             Some(bias.storage()),
+            false,
         );
         FloatTensor::<Flex>::from_data(TensorData::new(out, shape))
     }
@@ -127,6 +128,20 @@ pub(crate) mod flex {
                 OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, bias, Packing::Once)),
             }
         }
+    }
+
+    /// The sums of the columns of `values` `[rows, n]`, each in row order, in bands of
+    /// columns over the cores.
+    pub(super) fn column_sums(values: &[f32], n: usize) -> Vec<f32> {
+        const BAND: usize = 64;
+        let mut sums = vec![0f32; n];
+        sums.par_chunks_mut(BAND).enumerate().for_each(|(band, sums)| {
+            for row in values.chunks_exact(n) {
+                let row = &row[band * BAND..][..sums.len()];
+                sums.iter_mut().zip(row).for_each(|(sum, v)| *sum += v);
+            }
+        });
+        sums
     }
 
     /// With `dY` the output's gradient, flattened to `[rows, d_out]`: `dX = round(dY)
@@ -155,9 +170,7 @@ pub(crate) mod flex {
                 } else {
                     // Wᵀ is W read with its strides swapped.
                     let transposed = Bf16Panels::pack((weight.values(), weight.rs, weight.cs), [d_out, d_in]);
-                    let mut dx = product_rows_bf16(kernel, (grad, 1, d_out), rows, &transposed, None);
-                    round_to_bf16_slice(&mut dx);
-                    dx
+                    product_rows_bf16(kernel, (grad, 1, d_out), rows, &transposed, None, true)
                 };
                 register(grads, Some(node.id), dx, shape);
             }
@@ -168,18 +181,17 @@ pub(crate) mod flex {
                     let (x, _) = dense(x);
                     let dy = Bf16Panels::pack((grad, 1, d_out), [rows, d_out]);
                     // Xᵀ is X [rows, d_in] read with its strides swapped.
-                    let mut dw = product_rows_bf16(kernel, (x.storage(), d_in, 1), d_in, &dy, None);
-                    round_to_bf16_slice(&mut dw);
-                    dw
+                    product_rows_bf16(kernel, (x.storage(), d_in, 1), d_in, &dy, None, true)
                 };
                 register(grads, Some(node.id), dw, vec![d_in, d_out]);
             }
             if let Some(node) = parent_bias {
-                let mut db = vec![0f32; d_out];
-                for row in grad[..rows * d_out].chunks_exact(d_out) {
-                    db.iter_mut().zip(row).for_each(|(sum, g)| *sum += g);
-                }
-                register(grads, Some(node.id), db, vec![d_out]);
+                register(
+                    grads,
+                    Some(node.id),
+                    column_sums(&grad[..rows * d_out], d_out),
+                    vec![d_out],
+                );
             }
         }
     }
@@ -239,6 +251,24 @@ mod tests {
         db.into_data().assert_approx_eq::<f32>(
             &dy.detach().sum_dim(0).sum_dim(1).reshape([24]).into_data(),
             Tolerance::absolute(1e-3),
+        );
+    }
+
+    #[test]
+    fn column_sums_add_each_column_in_row_order() {
+        // Three bands of columns, the last one narrow.
+        let (rows, n) = (9, 150);
+        let values: Vec<f32> = (0..rows * n)
+            .map(|i| ((i as f32) * 0.37).sin() * 1e3f32.powi(i as i32 % 3))
+            .collect();
+        let mut want = vec![0f32; n];
+        for row in values.chunks_exact(n) {
+            want.iter_mut().zip(row).for_each(|(sum, v)| *sum += v);
+        }
+        let got = flex::column_sums(&values, n);
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
     }
 }
