@@ -131,7 +131,7 @@ mod flex {
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+    use burn::backend::autodiff::ops::{Backward, Ops, unary};
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Autodiff, Backend, Flex, backend_extension};
     use burn::tensor::TensorData;
@@ -154,14 +154,10 @@ mod flex {
 
     impl<C: CheckpointStrategy> RoundToBf16 for Autodiff<Flex, C> {
         fn round_to_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
-            match RoundToBf16Backward
+            RoundToBf16Backward
                 .prepare::<C>([x.node()])
                 .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish((), Flex::round_to_bf16(x.into_primitive())),
-                OpsKind::UnTracked(prep) => prep.finish(Flex::round_to_bf16(x.into_primitive())),
-            }
+                .stateless(Flex::round_to_bf16(x.into_primitive()))
         }
     }
 
