@@ -6,6 +6,7 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Elements per parallel task of an element-wise kernel: large enough to amortise the
@@ -22,6 +23,14 @@ pub(crate) fn flex_values(x: FloatTensor<Flex>) -> (Vec<f32>, Vec<usize>) {
             .expect("on_flex() lets f32 tensors through only"),
         shape,
     )
+}
+
+/// `x` with the slice kernel `kernel` applied to every value, in chunks over the cores, in
+/// `x`'s own buffer when nothing else holds it ([`flex_values`]).
+pub(crate) fn map_in_place(x: FloatTensor<Flex>, kernel: fn(&mut [f32])) -> FloatTensor<Flex> {
+    let (mut values, shape) = flex_values(x);
+    values.par_chunks_mut(CHUNK).for_each(kernel);
+    FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
 }
 
 /// Registers `values`, row-major of `shape`, as the gradient of `node` if it is tracked.

@@ -134,8 +134,6 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, unary};
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Autodiff, Backend, Flex, backend_extension};
-    use burn::tensor::TensorData;
-    use rayon::prelude::*;
 
     /// [`super::round_to_bf16`] in one vectorised pass over the cores (burn's two casts
     /// convert one value at a time).
@@ -146,9 +144,7 @@ mod flex {
 
     impl RoundToBf16 for Flex {
         fn round_to_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
-            let (mut values, shape) = flex_values(x);
-            values.par_chunks_mut(CHUNK).for_each(round_to_bf16_slice);
-            FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
+            map_in_place(x, round_to_bf16_slice)
         }
     }
 

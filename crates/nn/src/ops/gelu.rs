@@ -38,9 +38,7 @@ pub(crate) mod flex {
 
     impl ErfGelu for Flex {
         fn erf_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-            let (mut values, shape) = flex_values(x);
-            values.par_chunks_mut(CHUNK).for_each(gelu_slice);
-            FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
+            map_in_place(x, gelu_slice)
         }
     }
 
