@@ -93,6 +93,13 @@ crate::simd::multiversion! {
     }
 }
 
+crate::simd::multiversion! {
+    /// `sums[j] += x[j]`.
+    fn add_into(sums: &mut [f32], x: &[f32]) {
+        sums.iter_mut().zip(x).for_each(|(sum, x)| *sum += x);
+    }
+}
+
 /// A strided f32 matrix: values, (column, row) strides in elements.
 pub(crate) type Strided<'a> = (&'a [f32], usize, usize);
 
@@ -107,8 +114,22 @@ pub(crate) struct Bf16Panels {
 
 impl Bf16Panels {
     /// `rhs` `[k, n]` rounded and packed; over the cores when large.
-    pub(crate) fn pack((rhs, cs, rs): Strided, [k, n]: [usize; 2]) -> Self {
+    pub(crate) fn pack(rhs: Strided, shape: [usize; 2]) -> Self {
+        Self::pack_summing(rhs, shape, false).0
+    }
+
+    /// [`Self::pack`] for a row-major `rhs` `[k, n]`, with the f32 sums of its columns, each
+    /// added in row order while the rows are in cache for packing.
+    pub(crate) fn pack_with_column_sums((rhs, rs): (&[f32], usize), shape: [usize; 2]) -> (Self, Vec<f32>) {
+        Self::pack_summing((rhs, 1, rs), shape, true)
+    }
+
+    fn pack_summing((rhs, cs, rs): Strided, [k, n]: [usize; 2], summing: bool) -> (Self, Vec<f32>) {
         assert!(k > 0 && n > 0, "bf16 panels: an empty matrix");
+        assert!(
+            !summing || cs == 1,
+            "bf16 panels: column sums of a row-major matrix only"
+        );
         assert!(
             (k - 1) * rs + (n - 1) * cs < rhs.len(),
             "bf16 panels: rhs is too short"
@@ -117,11 +138,13 @@ impl Bf16Panels {
         let pairs = k.div_ceil(2);
         let mut values = Vec::with_capacity(pairs * padded);
         let mut blocks = &mut values.spare_capacity_mut()[..pairs * padded];
+        // Each panel's columns' sums (left at zero without `summing`).
+        let mut sums = vec![0f32; padded];
         for k0 in (0..k).step_by(DEPTH) {
             let depth_pairs = DEPTH.min(k - k0).div_ceil(2);
             let (block, rest) = blocks.split_at_mut(depth_pairs * padded);
             blocks = rest;
-            let pack_panel = |(panel, out): (usize, &mut [MaybeUninit<u32>])| {
+            let pack_panel = |((panel, out), sums): ((usize, &mut [MaybeUninit<u32>]), &mut [f32])| {
                 let j0 = panel * WIDTH;
                 let width = WIDTH.min(n - j0);
                 // The depth after the last one reads as zeros.
@@ -138,6 +161,12 @@ impl Bf16Panels {
                         };
                         interleave_pairs(&mut out[..width], first, second);
                         out[width..].fill(MaybeUninit::new(0));
+                        if summing {
+                            add_into(&mut sums[..width], first);
+                            if d + 1 < k {
+                                add_into(&mut sums[..width], second);
+                            }
+                        }
                     }
                 } else if rs == 1 {
                     // Columns are contiguous (a transposed matrix): pair each column's depths
@@ -175,17 +204,20 @@ impl Bf16Panels {
                 block
                     .par_chunks_mut(depth_pairs * WIDTH)
                     .enumerate()
+                    .zip(sums.par_chunks_mut(WIDTH))
                     .for_each(pack_panel);
             } else {
                 block
                     .chunks_mut(depth_pairs * WIDTH)
                     .enumerate()
+                    .zip(sums.chunks_mut(WIDTH))
                     .for_each(pack_panel);
             }
         }
         // SAFETY: every pair of every panel was written, the padding with zeros.
         unsafe { values.set_len(pairs * padded) };
-        Self { values, k, n }
+        sums.truncate(n);
+        (Self { values, k, n }, sums)
     }
 
     /// Bytes held, padding included.
@@ -618,6 +650,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn packing_sums_each_column_in_row_order() {
+        // Three depth blocks, on the cores (k n > SERIAL), the last panel narrow, k odd.
+        let (k, n) = (801, 150);
+        let rhs: Vec<f32> = values(k * n, 4)
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x * 1e3f32.powi(i as i32 % 3))
+            .collect();
+        let mut want = vec![0f32; n];
+        for row in rhs.chunks_exact(n) {
+            want.iter_mut().zip(row).for_each(|(sum, v)| *sum += v);
+        }
+        let (panels, sums) = Bf16Panels::pack_with_column_sums((&rhs, n), [k, n]);
+        let bits = |xs: &[f32]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&sums), bits(&want));
+        assert_eq!(panels.values, Bf16Panels::pack((&rhs, 1, n), [k, n]).values);
     }
 
     #[test]

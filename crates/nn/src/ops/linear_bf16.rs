@@ -45,7 +45,6 @@ pub(crate) mod flex {
     use crate::flex::*;
     use crate::gemm::Operand;
     use crate::ops::linear::flex::{Packing, kept};
-    use rayon::prelude::*;
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -130,20 +129,6 @@ pub(crate) mod flex {
         }
     }
 
-    /// The sums of the columns of `values` `[rows, n]`, each in row order, in bands of
-    /// columns over the cores.
-    pub(super) fn column_sums(values: &[f32], n: usize) -> Vec<f32> {
-        const BAND: usize = 64;
-        let mut sums = vec![0f32; n];
-        sums.par_chunks_mut(BAND).enumerate().for_each(|(band, sums)| {
-            for row in values.chunks_exact(n) {
-                let row = &row[band * BAND..][..sums.len()];
-                sums.iter_mut().zip(row).for_each(|(sum, v)| *sum += v);
-            }
-        });
-        sums
-    }
-
     /// With `dY` the output's gradient, flattened to `[rows, d_out]`: `dX = round(dY)
     /// round(W)ᵀ` and `dW = round(X)ᵀ round(dY)`, each rounded to bf16, and `db` the column
     /// sums of `dY`.
@@ -174,24 +159,25 @@ pub(crate) mod flex {
                 };
                 register(grads, Some(node.id), dx, shape);
             }
-            if let Some(node) = parent_weight {
-                let dw = if rows * d_in * d_out == 0 {
-                    vec![0f32; d_in * d_out]
-                } else {
+            if parent_weight.is_none() && parent_bias.is_none() {
+                return;
+            }
+            let (dw, db) = if rows * d_out == 0 {
+                (vec![0f32; d_in * d_out], vec![0f32; d_out])
+            } else {
+                let (dy, db) = Bf16Panels::pack_with_column_sums((grad, d_out), [rows, d_out]);
+                let dw = parent_weight.is_some().then(|| {
                     let (x, _) = dense(x);
-                    let dy = Bf16Panels::pack((grad, 1, d_out), [rows, d_out]);
                     // Xᵀ is X [rows, d_in] read with its strides swapped.
                     product_rows_bf16(kernel, (x.storage(), d_in, 1), d_in, &dy, None, true)
-                };
+                });
+                (dw.unwrap_or_default(), db)
+            };
+            if let Some(node) = parent_weight {
                 register(grads, Some(node.id), dw, vec![d_in, d_out]);
             }
             if let Some(node) = parent_bias {
-                register(
-                    grads,
-                    Some(node.id),
-                    column_sums(&grad[..rows * d_out], d_out),
-                    vec![d_out],
-                );
+                register(grads, Some(node.id), db, vec![d_out]);
             }
         }
     }
@@ -251,24 +237,6 @@ mod tests {
         db.into_data().assert_approx_eq::<f32>(
             &dy.detach().sum_dim(0).sum_dim(1).reshape([24]).into_data(),
             Tolerance::absolute(1e-3),
-        );
-    }
-
-    #[test]
-    fn column_sums_add_each_column_in_row_order() {
-        // Three bands of columns, the last one narrow.
-        let (rows, n) = (9, 150);
-        let values: Vec<f32> = (0..rows * n)
-            .map(|i| ((i as f32) * 0.37).sin() * 1e3f32.powi(i as i32 % 3))
-            .collect();
-        let mut want = vec![0f32; n];
-        for row in values.chunks_exact(n) {
-            want.iter_mut().zip(row).for_each(|(sum, v)| *sum += v);
-        }
-        let got = flex::column_sums(&values, n);
-        assert_eq!(
-            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
     }
 }
