@@ -28,9 +28,6 @@ const TILE: usize = 12;
 const DEPTH: usize = 384;
 /// Rows a task multiplies against every panel before moving on (their bf16 pairs stay in L2).
 const ROW_TILE: usize = 96;
-/// Pairs of a transposed left-hand side's rows transposed at a time: one cache line of
-/// each row.
-const PAIR_BLOCK: usize = 16;
 /// Values up to which packing stays on the calling thread.
 const SERIAL: usize = 1 << 16;
 
@@ -99,6 +96,9 @@ crate::simd::multiversion! {
         sums.iter_mut().zip(x).for_each(|(sum, x)| *sum += x);
     }
 }
+
+/// Where packed left-hand pairs lie: pair `p` of row `r` at `r * .0 + p * .1`.
+type PairStrides = (usize, usize);
 
 /// A strided f32 matrix: values, (column, row) strides in elements.
 pub(crate) type Strided<'a> = (&'a [f32], usize, usize);
@@ -277,7 +277,8 @@ impl Bf16Panels {
                 "bf16 panels: lhs is too short"
             );
             let rows = &mut rows[..tile * pairs];
-            if cs == 1 {
+            // The rows' pairs, row after row or pair after pair.
+            let strides = if cs == 1 {
                 for (i, out) in (i0..).zip(rows.chunks_exact_mut(pairs)) {
                     let row = &lhs[i * rs..][..k];
                     consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
@@ -285,30 +286,23 @@ impl Bf16Panels {
                         out[pairs - 1] = pair(row[k - 1], 0.0);
                     }
                 }
+                (pairs, 1)
             } else if rs == 1 {
-                // Rows are columns of a row-major matrix (a transposed one): pair two of its
-                // rows at a time, [`PAIR_BLOCK`] pairs of them, then transpose those pairs into
-                // the rows (a cache line of each row at a time).
-                let mut block = [MaybeUninit::new(0u32); PAIR_BLOCK * ROW_TILE];
+                // Rows are columns of a row-major matrix (a transposed one): two of its rows
+                // paired give one pair of each row of the tile, kept in that order.
+                // SAFETY: `interleave_pairs` writes initialised values only.
+                let rows = unsafe { &mut *(rows as *mut [u32] as *mut [MaybeUninit<u32>]) };
                 let zeros = [0f32; ROW_TILE];
-                for p0 in (0..pairs).step_by(PAIR_BLOCK) {
-                    let count = PAIR_BLOCK.min(pairs - p0);
-                    for (p, out) in (p0..p0 + count).zip(block.chunks_exact_mut(ROW_TILE)) {
-                        let first = &lhs[2 * p * cs + i0..][..tile];
-                        let second = if 2 * p + 1 < k {
-                            &lhs[(2 * p + 1) * cs + i0..][..tile]
-                        } else {
-                            &zeros[..tile]
-                        };
-                        interleave_pairs(&mut out[..tile], first, second);
-                    }
-                    for (r, row) in rows.chunks_exact_mut(pairs).enumerate() {
-                        for (b, value) in row[p0..p0 + count].iter_mut().enumerate() {
-                            // SAFETY: written by `interleave_pairs` just above.
-                            *value = unsafe { block[b * ROW_TILE + r].assume_init() };
-                        }
-                    }
+                for (p, out) in rows.chunks_exact_mut(tile).enumerate() {
+                    let first = &lhs[2 * p * cs + i0..][..tile];
+                    let second = if 2 * p + 1 < k {
+                        &lhs[(2 * p + 1) * cs + i0..][..tile]
+                    } else {
+                        &zeros[..tile]
+                    };
+                    interleave_pairs(out, first, second);
                 }
+                (1, tile)
             } else {
                 for p in 0..pairs {
                     let at = |d: usize, i: usize| if d < k { lhs[i * rs + d * cs] } else { 0.0 };
@@ -316,14 +310,16 @@ impl Bf16Panels {
                         rows[r * pairs + p] = pair(at(2 * p, i), at(2 * p + 1, i));
                     }
                 }
-            }
+                (pairs, 1)
+            };
             // SAFETY: rows `i0..i0 + tile` of `dst` are the caller's; the kernel runs here
             // (asserted above).
-            unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), rows, bias) };
+            unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), (rows, tile, strides), bias) };
         }
     }
 
-    /// [`Self::product`] for `rows` (packed pairs, at most [`ROW_TILE`] rows), from `dst` on.
+    /// [`Self::product`] for `m` rows of packed pairs (at most [`ROW_TILE`]), pair `p` of
+    /// row `r` at `rows[r * strides.0 + p * strides.1]`, from `dst` on.
     ///
     /// SAFETY: `dst` must be valid for writes of the rows' `n` values each, `ldc` apart; the
     /// CPU must have AVX512_BF16 for [`Bf16Kernel::Avx512Bf16`].
@@ -331,12 +327,15 @@ impl Bf16Panels {
         &self,
         kernel: Bf16Kernel,
         (dst, ldc): (*mut f32, usize),
-        rows: &[u32],
+        (rows, m, strides): (&[u32], usize, PairStrides),
         bias: Option<&[f32]>,
     ) {
         let (k, n) = (self.k, self.n);
-        let lda = k.div_ceil(2);
-        let m = rows.len() / lda;
+        assert_eq!(
+            rows.len(),
+            m * k.div_ceil(2),
+            "bf16 panels: rows of the wrong size"
+        );
         let padded = n.next_multiple_of(WIDTH);
         let mut offset = 0;
         for k0 in (0..k).step_by(DEPTH) {
@@ -354,24 +353,24 @@ impl Bf16Panels {
                     bias: bias.filter(|_| last).map(|b| &b[j0..j0 + width]),
                 };
                 for i in (0..m).step_by(TILE) {
-                    let a = &rows[i * lda + offset..];
+                    let a = &rows[i * strides.0 + offset * strides.1..];
                     // SAFETY: rows `i..` hold `depth_pairs` pairs from `offset`, and the tile
                     // lies in `dst`; the caller vouches for the CPU.
                     unsafe {
                         let c = dst.add(i * ldc + j0);
                         match m - i {
-                            1 => tile.run::<1>(kernel, a, lda, c),
-                            2 => tile.run::<2>(kernel, a, lda, c),
-                            3 => tile.run::<3>(kernel, a, lda, c),
-                            4 => tile.run::<4>(kernel, a, lda, c),
-                            5 => tile.run::<5>(kernel, a, lda, c),
-                            6 => tile.run::<6>(kernel, a, lda, c),
-                            7 => tile.run::<7>(kernel, a, lda, c),
-                            8 => tile.run::<8>(kernel, a, lda, c),
-                            9 => tile.run::<9>(kernel, a, lda, c),
-                            10 => tile.run::<10>(kernel, a, lda, c),
-                            11 => tile.run::<11>(kernel, a, lda, c),
-                            _ => tile.run::<TILE>(kernel, a, lda, c),
+                            1 => tile.run::<1>(kernel, a, strides, c),
+                            2 => tile.run::<2>(kernel, a, strides, c),
+                            3 => tile.run::<3>(kernel, a, strides, c),
+                            4 => tile.run::<4>(kernel, a, strides, c),
+                            5 => tile.run::<5>(kernel, a, strides, c),
+                            6 => tile.run::<6>(kernel, a, strides, c),
+                            7 => tile.run::<7>(kernel, a, strides, c),
+                            8 => tile.run::<8>(kernel, a, strides, c),
+                            9 => tile.run::<9>(kernel, a, strides, c),
+                            10 => tile.run::<10>(kernel, a, strides, c),
+                            11 => tile.run::<11>(kernel, a, strides, c),
+                            _ => tile.run::<TILE>(kernel, a, strides, c),
                         }
                     }
                 }
@@ -399,10 +398,10 @@ impl Tile<'_> {
     /// `c[R, width] (+)= a[R, pairs] · panel`, then `+ bias`: a full panel in place, the
     /// last, narrower one through a [`WIDTH`]-wide buffer.
     ///
-    /// SAFETY: `a` holds `R` rows `lda` apart of the panel's depth pairs; `c` `R` rows `ldc`
+    /// SAFETY: `a` holds `R` rows of the panel's depth pairs at `strides`; `c` `R` rows `ldc`
     /// apart of `width` values, initialised if `resume`; AVX512_BF16 for its kernel.
-    unsafe fn run<const R: usize>(&self, kernel: Bf16Kernel, a: &[u32], lda: usize, c: *mut f32) {
-        assert!(a.len() > (R - 1) * lda + self.panel.len() / WIDTH - 1);
+    unsafe fn run<const R: usize>(&self, kernel: Bf16Kernel, a: &[u32], strides: PairStrides, c: *mut f32) {
+        assert!(a.len() > (R - 1) * strides.0 + (self.panel.len() / WIDTH - 1) * strides.1);
         let mut padded_bias = [0f32; WIDTH];
         let bias = self.bias.map(|bias| {
             padded_bias[..self.width].copy_from_slice(bias);
@@ -413,11 +412,11 @@ impl Tile<'_> {
             match kernel {
                 #[cfg(target_arch = "x86_64")]
                 Bf16Kernel::Avx512Bf16 => {
-                    dpbf16::<R>(a.as_ptr(), lda, self.panel, (c, ldc, self.resume), bias)
+                    dpbf16::<R>(a.as_ptr(), strides, self.panel, (c, ldc, self.resume), bias)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 Bf16Kernel::Avx512Bf16 => unreachable!("AVX512_BF16 is x86-64's"),
-                Bf16Kernel::Emulated => emulated::<R>(a, lda, self.panel, (c, ldc, self.resume), bias),
+                Bf16Kernel::Emulated => emulated::<R>(a, strides, self.panel, (c, ldc, self.resume), bias),
             }
         };
         if self.width == WIDTH {
@@ -443,18 +442,18 @@ impl Tile<'_> {
 /// `resume`.
 unsafe fn emulated<const R: usize>(
     a: &[u32],
-    lda: usize,
+    strides: PairStrides,
     panel: &[u32],
     (c, ldc, resume): (*mut f32, usize, bool),
     bias: Option<&[f32; WIDTH]>,
 ) {
     #[inline(always)]
-    fn body<const R: usize>(a: &[u32], lda: usize, panel: &[u32], acc: &mut [[f32; WIDTH]; R]) {
+    fn body<const R: usize>(a: &[u32], (rs, ps): PairStrides, panel: &[u32], acc: &mut [[f32; WIDTH]; R]) {
         let low = |x: u32| f32::from_bits(x << 16);
         let high = |x: u32| f32::from_bits(x & 0xffff_0000);
         for (p, pairs) in panel.chunks_exact(WIDTH).enumerate() {
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = a[r * lda + p];
+                let x = a[r * rs + p * ps];
                 let (first, second) = (low(x), high(x));
                 for (sum, &y) in acc.iter_mut().zip(pairs) {
                     *sum = (*sum + second * high(y)) + first * low(y);
@@ -470,16 +469,16 @@ unsafe fn emulated<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
-        fn avx2<const R: usize>(a: &[u32], lda: usize, panel: &[u32], acc: &mut [[f32; WIDTH]; R]) {
-            body(a, lda, panel, acc)
+        fn avx2<const R: usize>(a: &[u32], strides: PairStrides, panel: &[u32], acc: &mut [[f32; WIDTH]; R]) {
+            body(a, strides, panel, acc)
         }
         // SAFETY: the CPU has AVX2.
-        unsafe { avx2(a, lda, panel, &mut acc) };
+        unsafe { avx2(a, strides, panel, &mut acc) };
     } else {
-        body(a, lda, panel, &mut acc);
+        body(a, strides, panel, &mut acc);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    body(a, lda, panel, &mut acc);
+    body(a, strides, panel, &mut acc);
     for (r, row) in acc.iter_mut().enumerate() {
         if let Some(bias) = bias {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
@@ -492,14 +491,14 @@ unsafe fn emulated<const R: usize>(
 /// The hardware micro-kernel: 2R accumulators, each depth pair two panel loads and R
 /// broadcast pairs for 2R `vdpbf16ps`.
 ///
-/// SAFETY: the CPU must have AVX512_BF16; `a` must hold `R` rows `lda` apart of
+/// SAFETY: the CPU must have AVX512_BF16; `a` must hold `R` rows at `strides` of
 /// `panel.len() / WIDTH` pairs; `c` `R` rows `ldc` apart of [`WIDTH`] writable values,
 /// initialised if `resume`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn dpbf16<const R: usize>(
     a: *const u32,
-    lda: usize,
+    (rs, ps): PairStrides,
     panel: &[u32],
     (c, ldc, resume): (*mut f32, usize, bool),
     bias: Option<&[f32; WIDTH]>,
@@ -523,7 +522,7 @@ unsafe fn dpbf16<const R: usize>(
                 std::mem::transmute(_mm512_loadu_si512(pairs.as_ptr().add(16).cast())),
             ];
             for (r, sums) in sums.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + p) as i32));
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * rs + p * ps) as i32));
                 sums[0] = _mm512_dpbf16_ps(sums[0], x, b[0]);
                 sums[1] = _mm512_dpbf16_ps(sums[1], x, b[1]);
             }
