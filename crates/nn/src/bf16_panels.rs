@@ -402,11 +402,16 @@ impl Tile<'_> {
     /// apart of `width` values, initialised if `resume`; AVX512_BF16 for its kernel.
     unsafe fn run<const R: usize>(&self, kernel: Bf16Kernel, a: &[u32], strides: PairStrides, c: *mut f32) {
         assert!(a.len() > (R - 1) * strides.0 + (self.panel.len() / WIDTH - 1) * strides.1);
-        let mut padded_bias = [0f32; WIDTH];
-        let bias = self.bias.map(|bias| {
-            padded_bias[..self.width].copy_from_slice(bias);
-            &padded_bias
-        });
+        // The bias padded with zeros for a narrow panel; built only where there is one.
+        let padded_bias: [f32; WIDTH];
+        let bias: Option<&[f32; WIDTH]> = match self.bias {
+            Some(bias) if self.width == WIDTH => Some(bias.try_into().expect("a full panel's bias")),
+            Some(bias) => {
+                padded_bias = std::array::from_fn(|j| bias.get(j).copied().unwrap_or(0.0));
+                Some(&padded_bias)
+            }
+            None => None,
+        };
         // SAFETY: `a` is long enough (asserted); the caller vouches for `c` and the CPU.
         let multiply = |c: *mut f32, ldc: usize| unsafe {
             match kernel {
