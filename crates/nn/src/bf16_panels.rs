@@ -97,6 +97,28 @@ crate::simd::multiversion! {
     }
 }
 
+/// Depth pairs ahead of the packing whose rows are prefetched.
+const AHEAD: usize = 4;
+
+/// Values at the start of a row prefetched ahead of its packing: the hardware prefetchers
+/// follow a longer row once its first lines are read.
+const AHEAD_VALUES: usize = 64;
+
+/// Asks for `x`'s cache lines ahead of their use: packing reads pairs of rows a page or more
+/// apart, where the hardware prefetchers stop.
+#[inline(always)]
+fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        // SAFETY: a prefetch only hints at an address, here one inside `x`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast())
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Where packed left-hand pairs lie: pair `p` of row `r` at `r * .0 + p * .1`.
 type PairStrides = (usize, usize);
 
@@ -153,6 +175,9 @@ impl Bf16Panels {
                     // Rows of the panel are contiguous in `rhs`.
                     for (p, out) in out.chunks_exact_mut(WIDTH).enumerate() {
                         let d = k0 + 2 * p;
+                        for ahead in [d + 2 * AHEAD, d + 2 * AHEAD + 1].into_iter().filter(|&d| d < k) {
+                            prefetch(&rhs[ahead * rs + j0..][..width]);
+                        }
                         let first = &rhs[d * rs + j0..][..width];
                         let second = if d + 1 < k {
                             &rhs[(d + 1) * rs + j0..][..width]
@@ -174,6 +199,9 @@ impl Bf16Panels {
                     let depth = DEPTH.min(k - k0);
                     let mut columns = vec![0u32; width * depth_pairs];
                     for (j, column) in columns.chunks_exact_mut(depth_pairs).enumerate() {
+                        if j + AHEAD < width {
+                            prefetch(&rhs[(j0 + j + AHEAD) * cs + k0..][..depth.min(AHEAD_VALUES)]);
+                        }
                         let values = &rhs[(j0 + j) * cs + k0..][..depth];
                         consecutive_pairs(&mut column[..depth / 2], &values[..depth / 2 * 2]);
                         if depth % 2 == 1 {
@@ -280,6 +308,9 @@ impl Bf16Panels {
             // The rows' pairs, row after row or pair after pair.
             let strides = if cs == 1 {
                 for (i, out) in (i0..).zip(rows.chunks_exact_mut(pairs)) {
+                    if i + AHEAD < m {
+                        prefetch(&lhs[(i + AHEAD) * rs..][..k.min(AHEAD_VALUES)]);
+                    }
                     let row = &lhs[i * rs..][..k];
                     consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
                     if k % 2 == 1 {
@@ -294,6 +325,12 @@ impl Bf16Panels {
                 let rows = unsafe { &mut *(rows as *mut [u32] as *mut [MaybeUninit<u32>]) };
                 let zeros = [0f32; ROW_TILE];
                 for (p, out) in rows.chunks_exact_mut(tile).enumerate() {
+                    for ahead in [2 * (p + AHEAD), 2 * (p + AHEAD) + 1]
+                        .into_iter()
+                        .filter(|&d| d < k)
+                    {
+                        prefetch(&lhs[ahead * cs + i0..][..tile]);
+                    }
                     let first = &lhs[2 * p * cs + i0..][..tile];
                     let second = if 2 * p + 1 < k {
                         &lhs[(2 * p + 1) * cs + i0..][..tile]
