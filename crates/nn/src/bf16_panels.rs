@@ -550,6 +550,12 @@ unsafe fn dpbf16<const R: usize>(
     // the transmutes reinterpret 512 bits as 512 bits.
     unsafe {
         let mut sums = [[_mm512_setzero_ps(); 2]; R];
+        // The tile's lines of `c`, on their way while the products run, so that the stores at
+        // the end do not wait for them.
+        for r in 0..R {
+            _mm_prefetch::<_MM_HINT_ET0>(c.add(r * ldc).cast());
+            _mm_prefetch::<_MM_HINT_ET0>(c.add(r * ldc + WIDTH - 1).cast());
+        }
         if resume {
             for (r, sums) in sums.iter_mut().enumerate() {
                 *sums = [
