@@ -159,24 +159,23 @@ pub(crate) mod flex {
                 };
                 register(grads, Some(node.id), dx, shape);
             }
-            if parent_weight.is_none() && parent_bias.is_none() {
-                return;
-            }
-            let (dw, db) = if rows * d_out == 0 {
-                (vec![0f32; d_in * d_out], vec![0f32; d_out])
-            } else {
-                let (dy, db) = Bf16Panels::pack_with_column_sums((grad, d_out), [rows, d_out]);
-                let dw = parent_weight.is_some().then(|| {
-                    let (x, _) = dense(x);
-                    // Xᵀ is X [rows, d_in] read with its strides swapped.
-                    product_rows_bf16(kernel, (x.storage(), d_in, 1), d_in, &dy, None, true)
-                });
-                (dw.unwrap_or_default(), db)
-            };
+            // dY packed for dW, its columns summed for db on the way.
+            let wanted = parent_weight.is_some() || parent_bias.is_some();
+            let packed = (wanted && rows * d_out > 0)
+                .then(|| Bf16Panels::pack_with_column_sums((grad, d_out), [rows, d_out]));
             if let Some(node) = parent_weight {
+                let dw = match &packed {
+                    Some((dy, _)) => {
+                        let (x, _) = dense(x);
+                        // Xᵀ is X [rows, d_in] read with its strides swapped.
+                        product_rows_bf16(kernel, (x.storage(), d_in, 1), d_in, dy, None, true)
+                    }
+                    None => vec![0f32; d_in * d_out],
+                };
                 register(grads, Some(node.id), dw, vec![d_in, d_out]);
             }
             if let Some(node) = parent_bias {
+                let db = packed.map_or_else(|| vec![0f32; d_out], |(_, db)| db);
                 register(grads, Some(node.id), db, vec![d_out]);
             }
         }
