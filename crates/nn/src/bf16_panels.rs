@@ -104,6 +104,20 @@ fn prefetch(x: &[f32]) {
     let _ = x;
 }
 
+/// Prefetches `columns` of the two rows (`stride` apart in `values`) that pair up [`AHEAD`]
+/// pairs after the one at depth `d`, those of the `k` that exist.
+#[inline(always)]
+fn prefetch_pair_ahead(
+    (values, stride): (&[f32], usize),
+    d: usize,
+    k: usize,
+    columns: std::ops::Range<usize>,
+) {
+    for ahead in [d + 2 * AHEAD, d + 2 * AHEAD + 1].into_iter().filter(|&d| d < k) {
+        prefetch(&values[ahead * stride..][columns.clone()]);
+    }
+}
+
 /// Where packed left-hand pairs lie: pair `p` of row `r` at `r * .0 + p * .1`.
 type PairStrides = (usize, usize);
 
@@ -160,9 +174,7 @@ impl Bf16Panels {
                     // Rows of the panel are contiguous in `rhs`.
                     for (p, out) in out.chunks_exact_mut(WIDTH).enumerate() {
                         let d = k0 + 2 * p;
-                        for ahead in [d + 2 * AHEAD, d + 2 * AHEAD + 1].into_iter().filter(|&d| d < k) {
-                            prefetch(&rhs[ahead * rs + j0..][..width]);
-                        }
+                        prefetch_pair_ahead((rhs, rs), d, k, j0..j0 + width);
                         let first = &rhs[d * rs + j0..][..width];
                         let second = if d + 1 < k {
                             &rhs[(d + 1) * rs + j0..][..width]
@@ -310,12 +322,7 @@ impl Bf16Panels {
                 let rows = unsafe { &mut *(rows as *mut [u32] as *mut [MaybeUninit<u32>]) };
                 let zeros = [0f32; ROW_TILE];
                 for (p, out) in rows.chunks_exact_mut(tile).enumerate() {
-                    for ahead in [2 * (p + AHEAD), 2 * (p + AHEAD) + 1]
-                        .into_iter()
-                        .filter(|&d| d < k)
-                    {
-                        prefetch(&lhs[ahead * cs + i0..][..tile]);
-                    }
+                    prefetch_pair_ahead((lhs, cs), 2 * p, k, i0..i0 + tile);
                     let first = &lhs[2 * p * cs + i0..][..tile];
                     let second = if 2 * p + 1 < k {
                         &lhs[(2 * p + 1) * cs + i0..][..tile]
