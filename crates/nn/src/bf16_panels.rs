@@ -118,6 +118,21 @@ fn prefetch_pair_ahead(
     }
 }
 
+/// Prefetches the start (up to [`AHEAD_VALUES`]) of `columns` of the row [`AHEAD`] rows after
+/// `row` (rows `stride` apart in `values`), if it is before `end`.
+#[inline(always)]
+fn prefetch_row_ahead(
+    (values, stride): (&[f32], usize),
+    row: usize,
+    end: usize,
+    columns: std::ops::Range<usize>,
+) {
+    if row + AHEAD < end {
+        let start = columns.start;
+        prefetch(&values[(row + AHEAD) * stride..][start..columns.end.min(start + AHEAD_VALUES)]);
+    }
+}
+
 /// Where packed left-hand pairs lie: pair `p` of row `r` at `r * .0 + p * .1`.
 type PairStrides = (usize, usize);
 
@@ -196,9 +211,7 @@ impl Bf16Panels {
                     let depth = DEPTH.min(k - k0);
                     let mut columns = vec![0u32; width * depth_pairs];
                     for (j, column) in columns.chunks_exact_mut(depth_pairs).enumerate() {
-                        if j + AHEAD < width {
-                            prefetch(&rhs[(j0 + j + AHEAD) * cs + k0..][..depth.min(AHEAD_VALUES)]);
-                        }
+                        prefetch_row_ahead((rhs, cs), j0 + j, j0 + width, k0..k0 + depth);
                         let values = &rhs[(j0 + j) * cs + k0..][..depth];
                         consecutive_pairs(&mut column[..depth / 2], &values[..depth / 2 * 2]);
                         if depth % 2 == 1 {
@@ -305,9 +318,7 @@ impl Bf16Panels {
             // The rows' pairs, row after row or pair after pair.
             let strides = if cs == 1 {
                 for (i, out) in (i0..).zip(rows.chunks_exact_mut(pairs)) {
-                    if i + AHEAD < m {
-                        prefetch(&lhs[(i + AHEAD) * rs..][..k.min(AHEAD_VALUES)]);
-                    }
+                    prefetch_row_ahead((lhs, rs), i, m, 0..k);
                     let row = &lhs[i * rs..][..k];
                     consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
                     if k % 2 == 1 {
