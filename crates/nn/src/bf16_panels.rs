@@ -20,9 +20,11 @@ use std::mem::MaybeUninit;
 use crate::ops::bf16::round_to_bf16_scalar;
 
 mod micro_kernel;
+mod packed_lhs;
 
 pub use micro_kernel::Bf16Kernel;
 use micro_kernel::Tile;
+pub(crate) use packed_lhs::pack_both_ways;
 
 /// Columns of a panel: two vectors of 16 f32 lanes.
 const WIDTH: usize = 32;
@@ -298,10 +300,7 @@ impl Bf16Panels {
     ) {
         let (k, n) = (self.k, self.n);
         assert!(ldc >= n, "bf16 panels: rows of dst overlap");
-        assert!(
-            kernel == Bf16Kernel::Emulated || crate::ops::bf16::cpu_has_avx512_bf16(),
-            "bf16 panels: this CPU has no AVX512_BF16"
-        );
+        kernel.assert_runs_here();
         assert!(
             bias.is_none_or(|b| b.len() == n),
             "bf16 panels: bias of the wrong size"
@@ -454,7 +453,12 @@ mod tests {
 
     /// The definition: each output's pairs in depth order, the second value's product added
     /// first, each sum rounded to f32.
-    fn definition(lhs: Strided, rhs: Strided, [m, k, n]: [usize; 3], bias: Option<&[f32]>) -> Vec<f32> {
+    pub(super) fn definition(
+        lhs: Strided,
+        rhs: Strided,
+        [m, k, n]: [usize; 3],
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
         let round = |x: f32| f32::from_bits(bf16_bits(x) << 16);
         let at = |(v, cs, rs): Strided, i: usize, j: usize, rows: usize| {
             if i < rows { round(v[i * rs + j * cs]) } else { 0.0 }
@@ -477,7 +481,7 @@ mod tests {
         out
     }
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..len)
             .map(|_| {
@@ -489,7 +493,7 @@ mod tests {
             .collect()
     }
 
-    fn kernels() -> Vec<Bf16Kernel> {
+    pub(super) fn kernels() -> Vec<Bf16Kernel> {
         let mut kernels = vec![Bf16Kernel::Emulated];
         if Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 {
             kernels.push(Bf16Kernel::Avx512Bf16);

@@ -21,6 +21,14 @@ impl Bf16Kernel {
             Bf16Kernel::Emulated
         }
     }
+
+    /// Panics unless this CPU runs the kernel.
+    pub(super) fn assert_runs_here(self) {
+        assert!(
+            self == Bf16Kernel::Emulated || crate::ops::bf16::cpu_has_avx512_bf16(),
+            "bf16 panels: this CPU has no AVX512_BF16"
+        );
+    }
 }
 
 /// One panel's part of a depth block, for every tile of rows.
