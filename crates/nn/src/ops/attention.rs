@@ -48,8 +48,9 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 /// [`attention`] as bf16 products run it ([`crate::ops::bf16`]): the probabilities are rounded
 /// to bf16 before they multiply the values, and their gradient is rounded as
 /// [`round_to_bf16`]'s is, and so is the output's where it multiplies V and P in the backward
-/// pass; softmax and its backward, and the scores' gradient, stay f32. Rounding the queries, keys
-/// and values is the caller's part.
+/// pass. Softmax and its backward stay f32; the scores' gradient is rounded where it multiplies
+/// the scaled queries and the scaled keys, these centred on their mean (rounded to bf16) first.
+/// Rounding the queries, keys and values is the caller's part.
 pub fn attention_bf16(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     flex_kernel(&qkv, heads, true).unwrap_or_else(|| explicit_attention_bf16(qkv, heads))
 }
@@ -76,9 +77,18 @@ fn flex_kernel(qkv: &Tensor<3>, heads: usize, bf16_probabilities: bool) -> Optio
 fn explicit_attention_bf16(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     let [q, k, v] = split_heads(qkv, heads);
     let [.., head_dim] = q.dims();
-    let scores = q
-        .mul_scalar((head_dim as f64).powf(-0.5))
-        .matmul(k.swap_dims(2, 3));
+    let scale = (head_dim as f64).powf(-0.5);
+    let scores = q.clone().mul_scalar(scale).matmul(k.clone().swap_dims(2, 3));
+    // The scores' gradient dS reaches q as round(dS) round(scale (k - c)), with c the keys' mean
+    // rounded (dS's rows sum to zero, so c drops out), and k as round(dS)ᵀ round(scale q): two
+    // products that add nothing to the scores' value.
+    let centre = round_to_bf16(k.clone().mean_dim(2)).detach();
+    let keys = round_to_bf16((k.clone() - centre).mul_scalar(scale)).detach();
+    let queries = round_to_bf16(q.clone().mul_scalar(scale)).detach();
+    let gradient_only = |x: Tensor<4>| round_gradient(x.clone()) - x.detach();
+    let scores = scores.detach()
+        + gradient_only(q.matmul(keys.swap_dims(2, 3)))
+        + gradient_only(queries.matmul(k.swap_dims(2, 3)));
     let out = round_to_bf16(softmax(scores, 3)).matmul(v);
     round_gradient(merge_heads(out))
 }
@@ -106,9 +116,10 @@ fn burns_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 #[cfg(feature = "flex")]
 pub(crate) mod flex {
 
-    use crate::bf16_panels::{Bf16Kernel, Bf16Panels};
+    use crate::bf16_panels::{Bf16Kernel, Bf16Panels, pack_both_ways};
     use crate::flex::*;
     use crate::gemm::*;
+    use crate::ops::bf16::round_to_bf16_scalar;
     use crate::simd::*;
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -120,6 +131,7 @@ pub(crate) mod flex {
     use burn::tensor::TensorData;
     use rayon::prelude::*;
 
+    use std::cell::RefCell;
     use std::mem::MaybeUninit;
     use std::sync::Arc;
 
@@ -354,34 +366,111 @@ pub(crate) mod flex {
         unsafe { values.product_raw(kernel, (bands.0.add(offset), ldc), n, (scores, 1, n), None) };
     }
 
-    /// dS and dV of one pair of [`AttentionBackward`] in bf16: dP and dV on bf16 products
-    /// ([`crate::bf16_panels`]; their operands dO, V and P are bf16 values), dP rounded before
-    /// the softmax backward, which reads the f32 probabilities. dS stays f32 for dQ and dK: it
-    /// sums to zero along each row, so dQ = dS K cancels the keys' common part; rounded to
-    /// bf16, dS leaves 2^-9 of that part in dQ, and the 12-class synthetic runs then learn
-    /// shape later (`docs/optimization-log.md`, the bf16 micro-kernel).
-    fn bf16_ds_and_dv<'a>(
+    /// One pair of [`AttentionBackward`] in bf16 ([`crate::bf16_panels`]), into its bands of
+    /// `d qkv`: `dP = dO Vᵀ` rounded, `dS` by the softmax backward from the f32 probabilities,
+    /// `dV = round(P)ᵀ dO`, `dQ = round(dS) round(scale (K - c))` and `dK = round(dS)ᵀ
+    /// round(scale Q)`. dS's rows sum to zero, so dQ = dS K cancels the keys' common part; the
+    /// keys centred on `c`, their mean rounded to bf16, keep that part out of dS's rounding
+    /// error (`docs/optimization-log.md`, dQ and dK in bf16).
+    fn bf16_pair_backward(
         x: &AttentionInputs,
         pair: usize,
         (p, d_out): (&[f32], &[f32]),
-        ds: &'a mut [MaybeUninit<f32>],
+        scratch: &mut Scratch,
         bands: &DisjointBands,
-    ) -> &'a mut [f32] {
+    ) {
         let (n, d, dim) = (x.tokens, x.head_dim, x.dim());
         let kernel = Bf16Kernel::detect();
-        let (v, v_cs, v_rs) = x.read(pair, Part::Value);
-        // dP = dO Vᵀ, rounded, then dS in place
+        let part = |part: Part| (x.read(pair, part), x.band(pair, part as usize, 3));
+        let ldc = 3 * dim;
+        // dP = dO Vᵀ; dS two rows at a time, packed for dQ and dK while in cache
+        let ((v, v_cs, v_rs), dv_offset) = part(Part::Value);
         let values_t = Bf16Panels::pack((v, v_rs, v_cs), [d, n]);
-        let ds = values_t.product(kernel, ds, (d_out, 1, dim), None);
-        round_to_bf16_slice(ds);
-        softmax_backward_rows(ds, p, n);
-        // dV = Pᵀ dO, into this pair's band of dV
+        let dp = values_t.product(kernel, room(&mut scratch.ds, n * n), (d_out, 1, dim), None);
+        let [ds, ds_t] = pack_both_ways(
+            dp,
+            [n, n],
+            (&mut scratch.rows, &mut scratch.columns),
+            |i, rows| {
+                round_to_bf16_slice(rows);
+                softmax_backward_rows(rows, &p[i * n..][..rows.len()], n);
+            },
+        );
+        // dV = Pᵀ dO, after the softmax backward has streamed P into the cache
         let grad_out = Bf16Panels::pack((d_out, 1, dim), [n, d]);
-        let (offset, ldc) = (x.band(pair, Part::Value as usize, 3), 3 * dim);
-        assert!(offset + (n - 1) * ldc + d <= bands.1);
+        assert!(dv_offset + (n - 1) * ldc + d <= bands.1);
         // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands.
-        unsafe { grad_out.product_raw(kernel, (bands.0.add(offset), ldc), n, (p, n, 1), None) };
-        ds
+        unsafe { grad_out.product_raw(kernel, (bands.0.add(dv_offset), ldc), n, (p, n, 1), None) };
+        // dQ = dS (scale (K - c)), dK = dSᵀ (scale Q)
+        let ((q, _, q_rs), dq_offset) = part(Part::Query);
+        let ((k, _, k_rs), dk_offset) = part(Part::Key);
+        let keys = scaled((k, k_rs), [n, d], (x.scale(), true), &mut scratch.head);
+        let keys = Bf16Panels::pack((keys, 1, d), [n, d]);
+        let queries = scaled((q, q_rs), [n, d], (x.scale(), false), &mut scratch.head);
+        let queries = Bf16Panels::pack((queries, 1, d), [n, d]);
+        for (offset, panels, lhs) in [(dq_offset, &keys, &ds), (dk_offset, &queries, &ds_t)] {
+            assert!(offset + (n - 1) * ldc + d <= bands.1);
+            // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands.
+            unsafe { panels.product_packed(kernel, (bands.0.add(offset), ldc), lhs) };
+        }
+    }
+
+    /// `scale m`, or with `centred` `scale (m - c)` where `c` is the mean of `m`'s rows rounded
+    /// to bf16, for the `[n, d]` matrix `m` with row stride `rs`, row-major into `out`. One
+    /// pass over `m`'s rows, which lie pages apart in the fused projection.
+    fn scaled<'a>(
+        (m, rs): (&[f32], usize),
+        [n, d]: [usize; 2],
+        (scale, centred): (f32, bool),
+        out: &'a mut Vec<f32>,
+    ) -> &'a [f32] {
+        out.clear();
+        for row in m.chunks(rs).take(n) {
+            out.extend_from_slice(&row[..d]);
+        }
+        let mut centre = vec![0f32; d];
+        if centred {
+            out.chunks_exact(d)
+                .for_each(|row| centre.iter_mut().zip(row).for_each(|(c, &x)| *c += x));
+            centre
+                .iter_mut()
+                .for_each(|c| *c = round_to_bf16_scalar(*c / n as f32));
+        }
+        for row in out.chunks_exact_mut(d) {
+            row.iter_mut()
+                .zip(&centre)
+                .for_each(|(x, &c)| *x = scale * (*x - c));
+        }
+        out
+    }
+
+    /// A thread's buffers for [`AttentionBackward`], kept from pair to pair and from step to
+    /// step (fresh ones cost page faults and zeroing): dP (then dS) in f32, dS packed both
+    /// ways in bf16, and one head's scaled keys or queries.
+    #[derive(Default)]
+    struct Scratch {
+        ds: Vec<f32>,
+        rows: Vec<u32>,
+        columns: Vec<u32>,
+        head: Vec<f32>,
+    }
+
+    thread_local! {
+        static SCRATCH: RefCell<Scratch> = RefCell::default();
+    }
+
+    /// `task` with this thread's [`Scratch`] (fresh buffers if it is already in use).
+    fn with_scratch(task: impl FnOnce(&mut Scratch)) {
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => task(&mut scratch),
+            Err(_) => task(&mut Scratch::default()),
+        })
+    }
+
+    /// Room for `len` values in `buffer` (which holds none).
+    fn room(buffer: &mut Vec<f32>, len: usize) -> &mut [MaybeUninit<f32>] {
+        buffer.reserve(len);
+        &mut buffer.spare_capacity_mut()[..len]
     }
 
     /// The gradient of the fused projection from the merged output's, given the inputs and
@@ -403,30 +492,27 @@ pub(crate) mod flex {
             let pairs = x.batch * x.heads;
             let fill = |dqkv: &mut [MaybeUninit<f32>]| {
                 let bands = DisjointBands::new(dqkv);
-                (0..pairs).into_par_iter().for_each_init(
-                    || Vec::with_capacity(n * n),
-                    |ds: &mut Vec<f32>, pair| {
+                (0..pairs).into_par_iter().for_each(|pair| {
+                    with_scratch(|scratch| {
+                        let p = &probabilities[pair * n * n..][..n * n];
+                        let d_out = &grad_out[x.band(pair, 0, 1)..];
+                        if x.bf16_probabilities {
+                            return bf16_pair_backward(&x, pair, (p, d_out), scratch, &bands);
+                        }
                         let (q, q_cs, q_rs) = x.read(pair, Part::Query);
                         let (k, k_cs, k_rs) = x.read(pair, Part::Key);
                         let (v, v_cs, v_rs) = x.read(pair, Part::Value);
-                        let p = &probabilities[pair * n * n..][..n * n];
-                        let d_out = &grad_out[x.band(pair, 0, 1)..];
                         let band = |part: Part| (x.band(pair, part as usize, 3), 3 * dim);
-                        let ds = &mut ds.spare_capacity_mut()[..n * n];
+                        let ds = room(&mut scratch.ds, n * n);
+                        // dP = dO Vᵀ, then dS in place
+                        let ds = matmul(ds, [n, n, d], (d_out, 1, dim), (v, v_rs, v_cs), 1.0);
+                        softmax_backward_rows(ds, p, n);
                         // SAFETY (each `bands.matmul`): one task per pair, disjoint bands.
-                        let ds = if x.bf16_probabilities {
-                            bf16_ds_and_dv(&x, pair, (p, d_out), ds, &bands)
-                        } else {
-                            // dP = dO Vᵀ, then dS in place
-                            let ds = matmul(ds, [n, n, d], (d_out, 1, dim), (v, v_rs, v_cs), 1.0);
-                            softmax_backward_rows(ds, p, n);
-                            // dV = Pᵀ dO, after the softmax backward has streamed P into the
-                            // cache: the product reads Pᵀ in strips of a few columns across all
-                            // of P's rows, which straight from memory is twice as slow.
-                            unsafe {
-                                bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0)
-                            };
-                            ds
+                        // dV = Pᵀ dO, after the softmax backward has streamed P into the cache: the
+                        // product reads Pᵀ in strips of a few columns across all of P's rows, which
+                        // straight from memory is twice as slow.
+                        unsafe {
+                            bands.matmul(band(Part::Value), [n, d, n], (p, n, 1), (d_out, 1, dim), 1.0)
                         };
                         // dQ = scale dS K, dK = scale dSᵀ Q
                         unsafe {
@@ -441,8 +527,8 @@ pub(crate) mod flex {
                         unsafe {
                             bands.matmul(band(Part::Key), [n, d, n], (ds, n, 1), (q, q_cs, q_rs), x.scale())
                         };
-                    },
-                )
+                    })
+                })
             };
             // SAFETY: each pair's dQ, dK and dV bands are written by its GEMMs, and the pairs'
             // bands tile the whole gradient.
@@ -486,6 +572,33 @@ mod tests {
             &|_| Vec::new(),
             2e-5,
         );
+    }
+
+    #[test]
+    fn keys_sharing_a_large_mean_leave_the_bf16_query_gradient_near_f32s() {
+        // dQ = dS K cancels the keys' common part (dS's rows sum to zero); dS rounded to bf16
+        // against uncentred keys 32 apart from zero would leave about 2^-9 of it, several % of dQ.
+        let device = flex().autodiff();
+        let shift = Tensor::<3>::cat(
+            vec![
+                Tensor::zeros([1, 1, 48], &device),
+                Tensor::full([1, 1, 48], 32.0, &device),
+                Tensor::zeros([1, 1, 48], &device),
+            ],
+            2,
+        );
+        let qkv =
+            round_to_bf16(Tensor::<3>::random([2, 24, 144], Distribution::Normal(0.0, 1.5), &device) + shift);
+        let weight = Tensor::<3>::random([2, 24, 48], Distribution::Normal(0.0, 1.0), &device);
+        let dq = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            let x = qkv.clone().require_grad();
+            let grads = (f(x.clone()) * weight.clone()).sum().backward();
+            x.grad(&grads).unwrap().narrow(2, 0, 48)
+        };
+        let (exact, bf16) = (dq(&|x| attention(x, 3)), dq(&|x| attention_bf16(x, 3)));
+        let largest: f32 = exact.clone().abs().max().into_scalar();
+        let error: f32 = (bf16 - exact).abs().max().into_scalar();
+        assert!(error < 1e-2 * largest, "dQ off by {error} of at most {largest}");
     }
 
     #[test]
