@@ -68,6 +68,18 @@ crate::simd::multiversion! {
     }
 }
 
+/// `row` as bf16 pairs of consecutive values ([`consecutive_pairs`]), an odd last value paired
+/// with zero; `out.len() == row.len().div_ceil(2)`.
+#[inline(always)]
+fn row_as_pairs(out: &mut [u32], row: &[f32]) {
+    let k = row.len();
+    assert_eq!(out.len(), k.div_ceil(2));
+    consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
+    if k % 2 == 1 {
+        out[k / 2] = pair(row[k - 1], 0.0);
+    }
+}
+
 crate::simd::multiversion! {
     /// `(first[j], second[j])` as one bf16 pair each ([`pair`]).
     fn interleave_pairs(out: &mut [MaybeUninit<u32>], first: &[f32], second: &[f32]) {
@@ -214,11 +226,7 @@ impl Bf16Panels {
                     let mut columns = vec![0u32; width * depth_pairs];
                     for (j, column) in columns.chunks_exact_mut(depth_pairs).enumerate() {
                         prefetch_row_ahead((rhs, cs), j0 + j, j0 + width, k0..k0 + depth);
-                        let values = &rhs[(j0 + j) * cs + k0..][..depth];
-                        consecutive_pairs(&mut column[..depth / 2], &values[..depth / 2 * 2]);
-                        if depth % 2 == 1 {
-                            column[depth / 2] = pair(values[depth - 1], 0.0);
-                        }
+                        row_as_pairs(column, &rhs[(j0 + j) * cs + k0..][..depth]);
                     }
                     for (p, out) in out.chunks_exact_mut(WIDTH).enumerate() {
                         for (j, out) in out.iter_mut().enumerate() {
@@ -318,11 +326,7 @@ impl Bf16Panels {
             let strides = if cs == 1 {
                 for (i, out) in (i0..).zip(rows.chunks_exact_mut(pairs)) {
                     prefetch_row_ahead((lhs, rs), i, m, 0..k);
-                    let row = &lhs[i * rs..][..k];
-                    consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
-                    if k % 2 == 1 {
-                        out[pairs - 1] = pair(row[k - 1], 0.0);
-                    }
+                    row_as_pairs(out, &lhs[i * rs..][..k]);
                 }
                 (pairs, 1)
             } else if rs == 1 {

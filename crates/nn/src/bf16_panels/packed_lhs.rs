@@ -3,7 +3,7 @@
 //! (`dQ = dS K`) and the queries (`dK = dSᵀ Q`). Packing while the two rows are in L1 spares
 //! each product its own pass over the f32 matrix.
 
-use super::{Bf16Kernel, Bf16Panels, ROW_TILE, consecutive_pairs, interleave_pairs, pair};
+use super::{Bf16Kernel, Bf16Panels, ROW_TILE, interleave_pairs, row_as_pairs};
 
 /// `m` rows of `k` values as bf16 pairs in [`Bf16Panels::product_raw`]'s row tiles: a tile
 /// of up to [`ROW_TILE`] rows from row `i0` on starts at `i0 * k.div_ceil(2)` and holds its
@@ -35,10 +35,7 @@ pub(crate) fn pack_both_ways<'a>(
             .chunks_exact(k)
             .zip(rows[2 * p * row_pairs..].chunks_exact_mut(row_pairs))
         {
-            consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
-            if k % 2 == 1 {
-                out[row_pairs - 1] = pair(row[k - 1], 0.0);
-            }
+            row_as_pairs(out, row);
         }
         let (first, second) = if two.len() == 2 * k {
             two.split_at(k)
