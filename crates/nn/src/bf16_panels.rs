@@ -395,28 +395,9 @@ impl Bf16Panels {
                     resume: k0 > 0,
                     bias: bias.filter(|_| last).map(|b| &b[j0..j0 + width]),
                 };
-                for i in (0..m).step_by(TILE) {
-                    let a = &rows[i * strides.0 + offset * strides.1..];
-                    // SAFETY: rows `i..` hold `depth_pairs` pairs from `offset`, and the tile
-                    // lies in `dst`; the caller vouches for the CPU.
-                    unsafe {
-                        let c = dst.add(i * ldc + j0);
-                        match m - i {
-                            1 => tile.run::<1>(kernel, a, strides, c),
-                            2 => tile.run::<2>(kernel, a, strides, c),
-                            3 => tile.run::<3>(kernel, a, strides, c),
-                            4 => tile.run::<4>(kernel, a, strides, c),
-                            5 => tile.run::<5>(kernel, a, strides, c),
-                            6 => tile.run::<6>(kernel, a, strides, c),
-                            7 => tile.run::<7>(kernel, a, strides, c),
-                            8 => tile.run::<8>(kernel, a, strides, c),
-                            9 => tile.run::<9>(kernel, a, strides, c),
-                            10 => tile.run::<10>(kernel, a, strides, c),
-                            11 => tile.run::<11>(kernel, a, strides, c),
-                            _ => tile.run::<TILE>(kernel, a, strides, c),
-                        }
-                    }
-                }
+                // SAFETY: the rows hold `depth_pairs` pairs from `offset`, and the panel's
+                // columns of every row lie in `dst`; the caller vouches for the CPU.
+                unsafe { tile.run_rows(kernel, &rows[offset * strides.1..], m, strides, dst.add(j0)) };
             }
             offset += depth_pairs;
         }

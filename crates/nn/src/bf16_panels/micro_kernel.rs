@@ -1,7 +1,7 @@
 //! The micro-kernels of [`super`]: `vdpbf16ps` and its emulation, each multiplying a tile
 //! of packed left-hand pairs by one panel.
 
-use super::{PairStrides, WIDTH};
+use super::{PairStrides, TILE, WIDTH};
 
 /// The micro-kernel that multiplies the pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,60 @@ pub(super) struct Tile<'a> {
 }
 
 impl Tile<'_> {
+    /// `c[m, width] (+)= a[m, pairs] · panel`, then `+ bias`, tile after tile of [`TILE`]
+    /// rows: full panels on the hardware kernel in one call, the rest through [`Self::run`].
+    ///
+    /// SAFETY: as [`Self::run`]'s, for `m` rows.
+    pub(super) unsafe fn run_rows(
+        &self,
+        kernel: Bf16Kernel,
+        a: &[u32],
+        m: usize,
+        strides: PairStrides,
+        c: *mut f32,
+    ) {
+        if m == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Bf16Kernel::Avx512Bf16 && self.width == WIDTH {
+            assert!(a.len() > (m - 1) * strides.0 + (self.panel.len() / WIDTH - 1) * strides.1);
+            let bias = self.bias.map(|b| b.try_into().expect("a full panel's bias"));
+            // SAFETY: `a` is long enough (asserted); the caller vouches for `c` and the CPU.
+            return unsafe {
+                dpbf16_rows(
+                    a.as_ptr(),
+                    m,
+                    strides,
+                    self.panel,
+                    (c, self.ldc, self.resume),
+                    bias,
+                )
+            };
+        }
+        for i in (0..m).step_by(TILE) {
+            let a = &a[i * strides.0..];
+            // SAFETY: rows `i..` of the tile, for which the caller vouches.
+            unsafe {
+                let c = c.add(i * self.ldc);
+                match m - i {
+                    1 => self.run::<1>(kernel, a, strides, c),
+                    2 => self.run::<2>(kernel, a, strides, c),
+                    3 => self.run::<3>(kernel, a, strides, c),
+                    4 => self.run::<4>(kernel, a, strides, c),
+                    5 => self.run::<5>(kernel, a, strides, c),
+                    6 => self.run::<6>(kernel, a, strides, c),
+                    7 => self.run::<7>(kernel, a, strides, c),
+                    8 => self.run::<8>(kernel, a, strides, c),
+                    9 => self.run::<9>(kernel, a, strides, c),
+                    10 => self.run::<10>(kernel, a, strides, c),
+                    11 => self.run::<11>(kernel, a, strides, c),
+                    _ => self.run::<TILE>(kernel, a, strides, c),
+                }
+            }
+        }
+    }
+
     /// `c[R, width] (+)= a[R, pairs] · panel`, then `+ bias`: a full panel in place, the
     /// last, narrower one through a [`WIDTH`]-wide buffer.
     ///
@@ -150,6 +204,42 @@ unsafe fn emulated<const R: usize>(
     }
 }
 
+/// [`dpbf16`] over `m` rows, tile after tile of [`TILE`]: one call per panel, so that the
+/// full tiles' kernel is inlined here.
+///
+/// SAFETY: as [`dpbf16`]'s, for `m` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dpbf16_rows(
+    a: *const u32,
+    m: usize,
+    strides: PairStrides,
+    panel: &[u32],
+    (c, ldc, resume): (*mut f32, usize, bool),
+    bias: Option<&[f32; WIDTH]>,
+) {
+    for i in (0..m).step_by(TILE) {
+        // SAFETY: rows `i..` of those the caller vouches for.
+        unsafe {
+            let (a, c) = (a.add(i * strides.0), (c.add(i * ldc), ldc, resume));
+            match m - i {
+                1 => dpbf16::<1>(a, strides, panel, c, bias),
+                2 => dpbf16::<2>(a, strides, panel, c, bias),
+                3 => dpbf16::<3>(a, strides, panel, c, bias),
+                4 => dpbf16::<4>(a, strides, panel, c, bias),
+                5 => dpbf16::<5>(a, strides, panel, c, bias),
+                6 => dpbf16::<6>(a, strides, panel, c, bias),
+                7 => dpbf16::<7>(a, strides, panel, c, bias),
+                8 => dpbf16::<8>(a, strides, panel, c, bias),
+                9 => dpbf16::<9>(a, strides, panel, c, bias),
+                10 => dpbf16::<10>(a, strides, panel, c, bias),
+                11 => dpbf16::<11>(a, strides, panel, c, bias),
+                _ => dpbf16::<TILE>(a, strides, panel, c, bias),
+            }
+        }
+    }
+}
+
 /// The hardware micro-kernel: 2R accumulators, each depth pair two panel loads and R
 /// broadcast pairs for 2R `vdpbf16ps`.
 ///
@@ -158,6 +248,7 @@ unsafe fn emulated<const R: usize>(
 /// initialised if `resume`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
 unsafe fn dpbf16<const R: usize>(
     a: *const u32,
     (rs, ps): PairStrides,
