@@ -96,6 +96,23 @@ crate::simd::multiversion! {
     }
 }
 
+crate::simd::multiversion! {
+    /// `sums[j] += x[j]` rounded to bf16 ([`round_to_bf16_scalar`]).
+    fn add_rounded_into(sums: &mut [f32], x: &[f32]) {
+        sums.iter_mut().zip(x).for_each(|(sum, &x)| *sum += round_to_bf16_scalar(x));
+    }
+}
+
+/// The column sums that packing adds up on the way, in row order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnSums {
+    None,
+    /// Of the values as given.
+    Exact,
+    /// Of the values rounded to bf16, as they are packed.
+    OfRounded,
+}
+
 /// Depth pairs ahead of the packing whose rows are prefetched.
 const AHEAD: usize = 4;
 
@@ -165,19 +182,28 @@ pub(crate) struct Bf16Panels {
 impl Bf16Panels {
     /// `rhs` `[k, n]` rounded and packed; over the cores when large.
     pub(crate) fn pack(rhs: Strided, shape: [usize; 2]) -> Self {
-        Self::pack_summing(rhs, shape, false).0
+        Self::pack_summing(rhs, shape, ColumnSums::None).0
     }
 
     /// [`Self::pack`] for a row-major `rhs` `[k, n]`, with the f32 sums of its columns, each
     /// added in row order while the rows are in cache for packing.
     pub(crate) fn pack_with_column_sums((rhs, rs): (&[f32], usize), shape: [usize; 2]) -> (Self, Vec<f32>) {
-        Self::pack_summing((rhs, 1, rs), shape, true)
+        Self::pack_summing((rhs, 1, rs), shape, ColumnSums::Exact)
     }
 
-    fn pack_summing((rhs, cs, rs): Strided, [k, n]: [usize; 2], summing: bool) -> (Self, Vec<f32>) {
+    /// [`Self::pack_with_column_sums`] with the sums of the values rounded to bf16: those of
+    /// the matrix that the panels hold.
+    pub(crate) fn pack_with_rounded_column_sums(
+        (rhs, rs): (&[f32], usize),
+        shape: [usize; 2],
+    ) -> (Self, Vec<f32>) {
+        Self::pack_summing((rhs, 1, rs), shape, ColumnSums::OfRounded)
+    }
+
+    fn pack_summing((rhs, cs, rs): Strided, [k, n]: [usize; 2], summing: ColumnSums) -> (Self, Vec<f32>) {
         assert!(k > 0 && n > 0, "bf16 panels: an empty matrix");
         assert!(
-            !summing || cs == 1,
+            summing == ColumnSums::None || cs == 1,
             "bf16 panels: column sums of a row-major matrix only"
         );
         assert!(
@@ -212,10 +238,15 @@ impl Bf16Panels {
                         };
                         interleave_pairs(&mut out[..width], first, second);
                         out[width..].fill(MaybeUninit::new(0));
-                        if summing {
-                            add_into(&mut sums[..width], first);
+                        let add = match summing {
+                            ColumnSums::None => None,
+                            ColumnSums::Exact => Some(add_into as fn(&mut [f32], &[f32])),
+                            ColumnSums::OfRounded => Some(add_rounded_into as fn(&mut [f32], &[f32])),
+                        };
+                        if let Some(add) = add {
+                            add(&mut sums[..width], first);
                             if d + 1 < k {
-                                add_into(&mut sums[..width], second);
+                                add(&mut sums[..width], second);
                             }
                         }
                     }

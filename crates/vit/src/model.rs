@@ -69,8 +69,7 @@ impl Attention {
     /// The fused projection `[batch, tokens, 3 * dim]`, queries, keys and values as the
     /// attention products' operands.
     fn qkv(&self, x: Tensor<3>) -> Tensor<3> {
-        let p = self.precision;
-        p.operand(p.linear(&self.qkv, x))
+        self.precision.linear_operand(&self.qkv, x)
     }
 
     /// Fused scaled-dot-product attention; the backend may never materialise the weights.

@@ -86,6 +86,15 @@ impl Precision {
         }
     }
 
+    /// [`Self::linear`] whose output is a product operand ([`Self::operand`]), in bf16
+    /// rounded as it is written ([`crate::ops::linear_bf16::linear_bf16_operand`]).
+    pub fn linear_operand<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Precision::Fp32 => crate::ops::linear(layer, x),
+            Precision::Bf16 => crate::ops::linear_bf16::linear_bf16_operand(layer, x),
+        }
+    }
+
     /// [`crate::ops::attention`] on a projection whose queries, keys and values are already
     /// product operands; in bf16 the probabilities become one too
     /// ([`crate::ops::attention::attention_bf16`]).

@@ -14,6 +14,17 @@ use crate::ops::bf16::round_to_bf16;
 
 /// `x W + b` with `x` and `W` rounded to bf16 and f32 accumulation, `x` `[..., d_in]`.
 pub fn linear_bf16<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    fused_or_reference(layer, x, false)
+}
+
+/// [`linear_bf16`] whose output is a product operand, rounded to bf16 (and its gradient with
+/// it, as [`round_to_bf16`] does): on `flex` rounded by the tasks that write it, while it is
+/// in cache.
+pub fn linear_bf16_operand<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    fused_or_reference(layer, x, true)
+}
+
+fn fused_or_reference<const D: usize>(layer: &Linear, x: Tensor<D>, rounded: bool) -> Tensor<D> {
     #[cfg(feature = "flex")]
     if let Some(bias) = &layer.bias
         && crate::flex::on_flex(&x)
@@ -24,9 +35,11 @@ pub fn linear_bf16<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
             x.into_dispatch(),
             layer.weight.val().into_dispatch(),
             bias.val().into_dispatch(),
+            rounded,
         ));
     }
-    reference(layer, x)
+    let y = reference(layer, x);
+    if rounded { round_to_bf16(y) } else { y }
 }
 
 /// [`linear_bf16`] by burn's operations: the operands rounded, then an f32 product (whose
@@ -45,6 +58,7 @@ pub(crate) mod flex {
     use crate::flex::*;
     use crate::gemm::Operand;
     use crate::ops::linear::flex::{Packing, kept};
+    use crate::simd::round_to_bf16_slice;
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -56,13 +70,14 @@ pub(crate) mod flex {
     use std::sync::Arc;
 
     /// [`super::linear_bf16`]'s fast path: `x` `[..., d_in]`, `weight` `[d_in, d_out]`,
-    /// `bias` `[d_out]`.
+    /// `bias` `[d_out]`; with `rounded`, [`super::linear_bf16_operand`]'s.
     #[backend_extension(Flex, Autodiff)]
     pub trait FusedLinearBf16: Backend {
         fn fused_linear_bf16(
             x: FloatTensor<Self>,
             weight: FloatTensor<Self>,
             bias: FloatTensor<Self>,
+            rounded: bool,
         ) -> FloatTensor<Self>;
     }
 
@@ -71,8 +86,9 @@ pub(crate) mod flex {
             x: FloatTensor<Self>,
             weight: FloatTensor<Self>,
             bias: FloatTensor<Self>,
+            rounded: bool,
         ) -> FloatTensor<Self> {
-            forward(x, weight, bias, Packing::Keep)
+            forward(x, weight, bias, Packing::Keep, rounded)
         }
     }
 
@@ -81,6 +97,7 @@ pub(crate) mod flex {
         weight: FloatTensor<Flex>,
         bias: FloatTensor<Flex>,
         packing: Packing,
+        rounded: bool,
     ) -> FloatTensor<Flex> {
         let (x, mut shape) = dense(x);
         let weight = Operand::new(&weight);
@@ -94,7 +111,12 @@ pub(crate) mod flex {
         shape.push(weight.cols);
         if rows == 0 || d_in == 0 {
             // Nothing to multiply: as the f32 layer does.
-            return crate::ops::linear::flex::linear_forward(x, weight.tensor.clone(), bias, packing);
+            let y = crate::ops::linear::flex::linear_forward(x, weight.tensor.clone(), bias, packing);
+            return if rounded {
+                map_in_place(y, round_to_bf16_slice)
+            } else {
+                y
+            };
         }
         let panels = match packing {
             Packing::Keep => kept(&weight, Bf16Panels::bytes, |w| Some(w.bf16_panels())).expect("packed"),
@@ -106,7 +128,7 @@ pub(crate) mod flex {
             rows,
             &panels,
             Some(bias.storage()),
-            false,
+            rounded,
         );
         FloatTensor::<Flex>::from_data(TensorData::new(out, shape))
     }
@@ -116,24 +138,32 @@ pub(crate) mod flex {
             x: FloatTensor<Self>,
             weight: FloatTensor<Self>,
             bias: FloatTensor<Self>,
+            rounded: bool,
         ) -> FloatTensor<Self> {
             let nodes = [x.node(), weight.node(), bias.node()];
             let (x, weight, bias) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
-            match LinearBf16Backward.prepare::<C>(nodes).compute_bound().stateful() {
+            match (LinearBf16Backward { rounded })
+                .prepare::<C>(nodes)
+                .compute_bound()
+                .stateful()
+            {
                 OpsKind::Tracked(prep) => {
-                    let out = forward(x.clone(), weight.clone(), bias, Packing::Once);
+                    let out = forward(x.clone(), weight.clone(), bias, Packing::Once, rounded);
                     prep.finish((x, weight), out)
                 }
-                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, bias, Packing::Once)),
+                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, bias, Packing::Once, rounded)),
             }
         }
     }
 
     /// With `dY` the output's gradient, flattened to `[rows, d_out]`: `dX = round(dY)
     /// round(W)ᵀ` and `dW = round(X)ᵀ round(dY)`, each rounded to bf16, and `db` the column
-    /// sums of `dY`.
+    /// sums of `dY`, or of `round(dY)` where the output was rounded (the products' operands
+    /// are rounded already, so no pass rounds `dY` itself).
     #[derive(Debug)]
-    struct LinearBf16Backward;
+    struct LinearBf16Backward {
+        rounded: bool,
+    }
 
     impl Backward<Flex, 3> for LinearBf16Backward {
         type State = (FloatTensor<Flex>, FloatTensor<Flex>);
@@ -161,8 +191,13 @@ pub(crate) mod flex {
             }
             // dY packed for dW, its columns summed for db on the way.
             let wanted = parent_weight.is_some() || parent_bias.is_some();
-            let packed = (wanted && rows * d_out > 0)
-                .then(|| Bf16Panels::pack_with_column_sums((grad, d_out), [rows, d_out]));
+            let packed = (wanted && rows * d_out > 0).then(|| {
+                if self.rounded {
+                    Bf16Panels::pack_with_rounded_column_sums((grad, d_out), [rows, d_out])
+                } else {
+                    Bf16Panels::pack_with_column_sums((grad, d_out), [rows, d_out])
+                }
+            });
             if let Some(node) = parent_weight {
                 let dw = match &packed {
                     Some((dy, _)) => {
@@ -199,6 +234,35 @@ mod tests {
             linear_bf16(&layer, x)
                 .into_data()
                 .assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-5));
+        }
+    }
+
+    #[test]
+    fn an_operand_output_equals_the_rounded_output_with_its_gradients_bit_for_bit() {
+        let device = flex().autodiff();
+        let layer = random_linear(40, 24, false, &device);
+        let x = Tensor::<3>::random([2, 300, 40], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let dy = Tensor::<3>::random([2, 300, 24], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let y = if fused {
+                linear_bf16_operand(&layer, x.clone())
+            } else {
+                round_to_bf16(linear_bf16(&layer, x.clone()))
+            };
+            let grads = (y.clone() * dy.clone()).sum().backward();
+            let bias = layer.bias.as_ref().unwrap();
+            [
+                y.into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                layer.weight.grad(&grads).unwrap().into_data(),
+                bias.grad(&grads).unwrap().into_data(),
+            ]
+        };
+        let (got, want) = (run(true), run(false));
+        // The rounding moves the output, so a fused layer that skipped it would fail below.
+        assert_ne!(want[0], linear_bf16(&layer, x.clone()).into_data());
+        for (part, (got, want)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+            assert_eq!(got, want, "{part}");
         }
     }
 
