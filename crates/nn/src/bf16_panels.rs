@@ -30,7 +30,7 @@ pub(crate) use packed_lhs::pack_both_ways;
 const WIDTH: usize = 32;
 /// Rows of the micro-kernel's tile: 24 accumulators, two panel vectors and a broadcast fill
 /// 27 of the 32 `zmm` registers.
-const TILE: usize = 12;
+pub(crate) const TILE: usize = 12;
 /// Depth of one panel block (even): a `DEPTH x 32` panel of bf16 is 24 KiB, inside L1.
 const DEPTH: usize = 384;
 /// Rows a task multiplies against every panel before moving on (their bf16 pairs stay in L2).

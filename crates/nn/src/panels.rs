@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 const WIDTH: usize = 16;
 /// Rows of the micro-kernel's tile: with two vectors a row, 12 accumulators and the two
 /// panel vectors and one broadcast fill 15 of the 16 `ymm` registers.
-const TILE: usize = 6;
+pub(crate) const TILE: usize = 6;
 /// Depth of one panel block: a `DEPTH x 16` panel is 24 KiB, inside the 32 KiB L1 cache.
 const DEPTH: usize = 384;
 /// Rows a task multiplies against every panel before moving on: `96 x 384` floats of the
