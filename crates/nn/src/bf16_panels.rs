@@ -164,6 +164,15 @@ fn prefetch_row_ahead(
     }
 }
 
+/// What a product does to its finished sums before it stores them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Added to every row (`n` values).
+    pub(crate) bias: Option<&'a [f32]>,
+    /// Each value then rounded to bf16 ([`round_to_bf16_scalar`]).
+    pub(crate) rounded: bool,
+}
+
 /// Where packed left-hand pairs lie: pair `p` of row `r` at `r * .0 + p * .1`.
 type PairStrides = (usize, usize);
 
@@ -304,15 +313,15 @@ impl Bf16Panels {
         4 * self.values.len()
     }
 
-    /// `dst [m, n] = lhs [m, k] · self + bias` (or without the bias) on this thread, `lhs`
-    /// given with its strides and rounded here, `dst` row-major and dense. Every element of
-    /// `dst` is written; it may start uninitialised.
+    /// `dst [m, n] = lhs [m, k] · self`, then the epilogue's bias and rounding, on this
+    /// thread, `lhs` given with its strides and rounded here, `dst` row-major and dense. Every
+    /// element of `dst` is written; it may start uninitialised.
     pub(crate) fn product<'a>(
         &self,
         kernel: Bf16Kernel,
         dst: &'a mut [MaybeUninit<f32>],
         lhs: Strided,
-        bias: Option<&[f32]>,
+        epilogue: Epilogue,
     ) -> &'a mut [f32] {
         let n = self.n;
         let m = dst.len() / n;
@@ -320,7 +329,7 @@ impl Bf16Panels {
         let dst = dst.as_mut_ptr().cast::<f32>();
         // SAFETY: `dst` holds `[m, n]` and is borrowed exclusively.
         unsafe {
-            self.product_raw(kernel, (dst, n), m, lhs, bias);
+            self.product_raw(kernel, (dst, n), m, lhs, epilogue);
             std::slice::from_raw_parts_mut(dst, m * n)
         }
     }
@@ -335,13 +344,13 @@ impl Bf16Panels {
         (dst, ldc): (*mut f32, usize),
         m: usize,
         (lhs, cs, rs): Strided,
-        bias: Option<&[f32]>,
+        epilogue: Epilogue,
     ) {
         let (k, n) = (self.k, self.n);
         assert!(ldc >= n, "bf16 panels: rows of dst overlap");
         kernel.assert_runs_here();
         assert!(
-            bias.is_none_or(|b| b.len() == n),
+            epilogue.bias.is_none_or(|b| b.len() == n),
             "bf16 panels: bias of the wrong size"
         );
         let pairs = k.div_ceil(2);
@@ -388,7 +397,7 @@ impl Bf16Panels {
             };
             // SAFETY: rows `i0..i0 + tile` of `dst` are the caller's; the kernel runs here
             // (asserted above).
-            unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), (rows, tile, strides), bias) };
+            unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), (rows, tile, strides), epilogue) };
         }
     }
 
@@ -402,7 +411,7 @@ impl Bf16Panels {
         kernel: Bf16Kernel,
         (dst, ldc): (*mut f32, usize),
         (rows, m, strides): (&[u32], usize, PairStrides),
-        bias: Option<&[f32]>,
+        epilogue: Epilogue,
     ) {
         let (k, n) = (self.k, self.n);
         assert_eq!(
@@ -424,7 +433,8 @@ impl Bf16Panels {
                     ldc,
                     width,
                     resume: k0 > 0,
-                    bias: bias.filter(|_| last).map(|b| &b[j0..j0 + width]),
+                    bias: epilogue.bias.filter(|_| last).map(|b| &b[j0..j0 + width]),
+                    rounded: epilogue.rounded && last,
                 };
                 // SAFETY: the rows hold `depth_pairs` pairs from `offset`, and the panel's
                 // columns of every row lie in `dst`; the caller vouches for the CPU.
@@ -437,7 +447,7 @@ impl Bf16Panels {
 
 /// `lhs [rows, k] · rhs (+ bias)` as a new row-major `[rows, n]`, `lhs` strided, by row
 /// blocks over the cores ([`crate::gemm::block_rows`]); with `rounded`, each sum then rounded
-/// to bf16 (by the task that wrote it, while its block is in cache).
+/// to bf16 as the kernel stores it.
 pub(crate) fn product_rows_bf16(
     kernel: Bf16Kernel,
     (lhs, cs, rs): Strided,
@@ -453,10 +463,12 @@ pub(crate) fn product_rows_bf16(
     let block = crate::gemm::block_rows(rows);
     let fill = |out: &mut [MaybeUninit<f32>]| {
         out.par_chunks_mut(block * n).enumerate().for_each(|(b, dst)| {
-            let sums = rhs.product(kernel, dst, (&lhs[b * block * rs..], cs, rs), bias);
-            if rounded {
-                crate::simd::round_to_bf16_slice(sums);
-            }
+            rhs.product(
+                kernel,
+                dst,
+                (&lhs[b * block * rs..], cs, rs),
+                Epilogue { bias, rounded },
+            );
         })
     };
     // SAFETY: `product` writes every element of its block.
@@ -534,16 +546,19 @@ mod tests {
             let (lhs, rhs, bias) = (values(3 * m * k + 1, 1), values(k * n, 2), values(n, 3));
             for (lhs_strides, rhs_strides) in [((1, k), (1, n)), ((m, 1), (k, 1)), ((2, 2 * k + 1), (1, n))] {
                 let panels = Bf16Panels::pack((&rhs, rhs_strides.0, rhs_strides.1), [k, n]);
-                for bias in [Some(&bias[..]), None] {
+                for (bias, rounded) in [(Some(&bias[..]), false), (None, false), (Some(&bias[..]), true)] {
                     let lhs = (&lhs[..], lhs_strides.0, lhs_strides.1);
-                    let want = definition(lhs, (&rhs, rhs_strides.0, rhs_strides.1), [m, k, n], bias);
+                    let mut want = definition(lhs, (&rhs, rhs_strides.0, rhs_strides.1), [m, k, n], bias);
+                    if rounded {
+                        want.iter_mut().for_each(|x| *x = round_to_bf16_scalar(*x));
+                    }
                     for kernel in kernels() {
-                        let got = product_rows_bf16(kernel, lhs, m, &panels, bias, false);
+                        let got = product_rows_bf16(kernel, lhs, m, &panels, bias, rounded);
                         for (e, (g, w)) in got.iter().zip(&want).enumerate() {
                             assert_eq!(
                                 g.to_bits(),
                                 w.to_bits(),
-                                "{kernel:?} {m}x{k}x{n} element {e}: {g} vs {w}"
+                                "{kernel:?} rounded {rounded} {m}x{k}x{n} element {e}: {g} vs {w}"
                             );
                         }
                     }

@@ -231,7 +231,10 @@ mod tests {
         assert_eq!(block_rows(8 * 577) % 12, 0);
         for rows in 1..3000 {
             let block = block_rows(rows);
-            assert!(block >= 1 && (block <= 12 || block % 12 == 0), "{rows} rows: {block}");
+            assert!(
+                block >= 1 && (block <= 12 || block % 12 == 0),
+                "{rows} rows: {block}"
+            );
         }
     }
 }

@@ -267,7 +267,7 @@ pub fn bf16_kernel(threads: Option<usize>, span: Duration) -> Option<Peak> {
         let mut dst = vec![MaybeUninit::uninit(); ROWS * COLUMNS];
         for _ in 0..products {
             let lhs = (std::hint::black_box(&lhs[..]), 1, DEPTH);
-            std::hint::black_box(panels.product(kernel, &mut dst, lhs, None));
+            std::hint::black_box(panels.product(kernel, &mut dst, lhs, Default::default()));
         }
     });
     Some(Peak {

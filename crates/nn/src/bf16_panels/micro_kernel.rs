@@ -2,6 +2,7 @@
 //! of packed left-hand pairs by one panel.
 
 use super::{PairStrides, TILE, WIDTH};
+use crate::ops::bf16::round_to_bf16_scalar;
 
 /// The micro-kernel that multiplies the pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub(super) struct Tile<'a> {
     pub(super) resume: bool,
     /// Added to the finished sums (last depth block only).
     pub(super) bias: Option<&'a [f32]>,
+    /// The finished sums then rounded to bf16 (last depth block only).
+    pub(super) rounded: bool,
 }
 
 impl Tile<'_> {
@@ -73,7 +76,7 @@ impl Tile<'_> {
                     strides,
                     self.panel,
                     (c, self.ldc, self.resume),
-                    bias,
+                    (bias, self.rounded),
                 )
             };
         }
@@ -127,12 +130,22 @@ impl Tile<'_> {
         let multiply = |c: *mut f32, ldc: usize| unsafe {
             match kernel {
                 #[cfg(target_arch = "x86_64")]
-                Bf16Kernel::Avx512Bf16 => {
-                    dpbf16::<R>(a.as_ptr(), strides, self.panel, (c, ldc, self.resume), bias)
-                }
+                Bf16Kernel::Avx512Bf16 => dpbf16::<R>(
+                    a.as_ptr(),
+                    strides,
+                    self.panel,
+                    (c, ldc, self.resume),
+                    (bias, self.rounded),
+                ),
                 #[cfg(not(target_arch = "x86_64"))]
                 Bf16Kernel::Avx512Bf16 => unreachable!("AVX512_BF16 is x86-64's"),
-                Bf16Kernel::Emulated => emulated::<R>(a, strides, self.panel, (c, ldc, self.resume), bias),
+                Bf16Kernel::Emulated => emulated::<R>(
+                    a,
+                    strides,
+                    self.panel,
+                    (c, ldc, self.resume),
+                    (bias, self.rounded),
+                ),
             }
         };
         if self.width == WIDTH {
@@ -161,7 +174,7 @@ unsafe fn emulated<const R: usize>(
     strides: PairStrides,
     panel: &[u32],
     (c, ldc, resume): (*mut f32, usize, bool),
-    bias: Option<&[f32; WIDTH]>,
+    (bias, rounded): (Option<&[f32; WIDTH]>, bool),
 ) {
     #[inline(always)]
     fn body<const R: usize>(a: &[u32], (rs, ps): PairStrides, panel: &[u32], acc: &mut [[f32; WIDTH]; R]) {
@@ -199,6 +212,9 @@ unsafe fn emulated<const R: usize>(
         if let Some(bias) = bias {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
         }
+        if rounded {
+            row.iter_mut().for_each(|x| *x = round_to_bf16_scalar(*x));
+        }
         // SAFETY: the caller vouches for row `r`.
         unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(r * ldc), WIDTH) };
     }
@@ -216,25 +232,25 @@ unsafe fn dpbf16_rows(
     strides: PairStrides,
     panel: &[u32],
     (c, ldc, resume): (*mut f32, usize, bool),
-    bias: Option<&[f32; WIDTH]>,
+    epilogue: (Option<&[f32; WIDTH]>, bool),
 ) {
     for i in (0..m).step_by(TILE) {
         // SAFETY: rows `i..` of those the caller vouches for.
         unsafe {
             let (a, c) = (a.add(i * strides.0), (c.add(i * ldc), ldc, resume));
             match m - i {
-                1 => dpbf16::<1>(a, strides, panel, c, bias),
-                2 => dpbf16::<2>(a, strides, panel, c, bias),
-                3 => dpbf16::<3>(a, strides, panel, c, bias),
-                4 => dpbf16::<4>(a, strides, panel, c, bias),
-                5 => dpbf16::<5>(a, strides, panel, c, bias),
-                6 => dpbf16::<6>(a, strides, panel, c, bias),
-                7 => dpbf16::<7>(a, strides, panel, c, bias),
-                8 => dpbf16::<8>(a, strides, panel, c, bias),
-                9 => dpbf16::<9>(a, strides, panel, c, bias),
-                10 => dpbf16::<10>(a, strides, panel, c, bias),
-                11 => dpbf16::<11>(a, strides, panel, c, bias),
-                _ => dpbf16::<TILE>(a, strides, panel, c, bias),
+                1 => dpbf16::<1>(a, strides, panel, c, epilogue),
+                2 => dpbf16::<2>(a, strides, panel, c, epilogue),
+                3 => dpbf16::<3>(a, strides, panel, c, epilogue),
+                4 => dpbf16::<4>(a, strides, panel, c, epilogue),
+                5 => dpbf16::<5>(a, strides, panel, c, epilogue),
+                6 => dpbf16::<6>(a, strides, panel, c, epilogue),
+                7 => dpbf16::<7>(a, strides, panel, c, epilogue),
+                8 => dpbf16::<8>(a, strides, panel, c, epilogue),
+                9 => dpbf16::<9>(a, strides, panel, c, epilogue),
+                10 => dpbf16::<10>(a, strides, panel, c, epilogue),
+                11 => dpbf16::<11>(a, strides, panel, c, epilogue),
+                _ => dpbf16::<TILE>(a, strides, panel, c, epilogue),
             }
         }
     }
@@ -254,7 +270,7 @@ unsafe fn dpbf16<const R: usize>(
     (rs, ps): PairStrides,
     panel: &[u32],
     (c, ldc, resume): (*mut f32, usize, bool),
-    bias: Option<&[f32; WIDTH]>,
+    (bias, rounded): (Option<&[f32; WIDTH]>, bool),
 ) {
     use std::arch::x86_64::*;
     // SAFETY: every load and store stays in `panel` or the regions the caller vouches for;
@@ -295,5 +311,32 @@ unsafe fn dpbf16<const R: usize>(
             _mm512_storeu_ps(c.add(r * ldc), low);
             _mm512_storeu_ps(c.add(r * ldc + 16), high);
         }
+        // A second pass over the lines just stored (in L1): rounding the accumulators before
+        // the stores keeps them in memory instead of registers.
+        if rounded {
+            for r in 0..R {
+                for half in [c.add(r * ldc), c.add(r * ldc + 16)] {
+                    _mm512_storeu_ps(half, round_to_bf16_512(_mm512_loadu_ps(half)));
+                }
+            }
+        }
     }
+}
+
+/// [`round_to_bf16_scalar`] of 16 lanes: add half a bf16 unit in the last place, less one
+/// unless the kept part is odd, drop the low 16 bits; NaN stays as it is.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round_to_bf16_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let bits = _mm512_castps_si512(x);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let half = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff));
+    let rounded = _mm512_and_si512(
+        _mm512_add_epi32(bits, half),
+        _mm512_set1_epi32(0xffff_0000u32 as i32),
+    );
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+    _mm512_mask_blend_ps(nan, _mm512_castsi512_ps(rounded), x)
 }

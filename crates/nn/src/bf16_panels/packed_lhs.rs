@@ -85,7 +85,14 @@ impl Bf16Panels {
             let rows = &lhs.values[i0 * pairs..][..tile * pairs];
             let strides = if lhs.pair_major { (1, tile) } else { (pairs, 1) };
             // SAFETY: rows `i0..i0 + tile` of `dst` are the caller's; the kernel runs here.
-            unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), (rows, tile, strides), None) };
+            unsafe {
+                self.row_tile(
+                    kernel,
+                    (dst.add(i0 * ldc), ldc),
+                    (rows, tile, strides),
+                    Default::default(),
+                )
+            };
         }
     }
 }

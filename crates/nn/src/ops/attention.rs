@@ -116,7 +116,7 @@ fn burns_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 #[cfg(feature = "flex")]
 pub(crate) mod flex {
 
-    use crate::bf16_panels::{Bf16Kernel, Bf16Panels, pack_both_ways};
+    use crate::bf16_panels::{Bf16Kernel, Bf16Panels, Epilogue, pack_both_ways};
     use crate::flex::*;
     use crate::gemm::*;
     use crate::ops::bf16::round_to_bf16_scalar;
@@ -354,7 +354,7 @@ pub(crate) mod flex {
         let (v, v_cs, v_rs) = x.read(pair, Part::Value);
         // scores = scale q kᵀ
         let keys = Bf16Panels::pack((k, k_rs, k_cs), [d, n]);
-        let scores = keys.product(kernel, &mut scores[..n * n], (q, q_cs, q_rs), None);
+        let scores = keys.product(kernel, &mut scores[..n * n], (q, q_cs, q_rs), Epilogue::default());
         let scale = x.scale();
         scores.iter_mut().for_each(|s| *s *= scale);
         softmax_rows(scores, n);
@@ -363,7 +363,15 @@ pub(crate) mod flex {
         let (offset, ldc) = (x.band(pair, 0, 1), x.dim());
         assert!(offset + (n - 1) * ldc + d <= bands.1);
         // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands.
-        unsafe { values.product_raw(kernel, (bands.0.add(offset), ldc), n, (scores, 1, n), None) };
+        unsafe {
+            values.product_raw(
+                kernel,
+                (bands.0.add(offset), ldc),
+                n,
+                (scores, 1, n),
+                Epilogue::default(),
+            )
+        };
     }
 
     /// One pair of [`AttentionBackward`] in bf16 ([`crate::bf16_panels`]), into its bands of
@@ -386,7 +394,12 @@ pub(crate) mod flex {
         // dP = dO Vᵀ; dS two rows at a time, packed for dQ and dK while in cache
         let ((v, v_cs, v_rs), dv_offset) = part(Part::Value);
         let values_t = Bf16Panels::pack((v, v_rs, v_cs), [d, n]);
-        let dp = values_t.product(kernel, room(&mut scratch.ds, n * n), (d_out, 1, dim), None);
+        let dp = values_t.product(
+            kernel,
+            room(&mut scratch.ds, n * n),
+            (d_out, 1, dim),
+            Epilogue::default(),
+        );
         let [ds, ds_t] = pack_both_ways(
             dp,
             [n, n],
@@ -400,7 +413,15 @@ pub(crate) mod flex {
         let grad_out = Bf16Panels::pack((d_out, 1, dim), [n, d]);
         assert!(dv_offset + (n - 1) * ldc + d <= bands.1);
         // SAFETY: in bounds by the assert; one task per pair, and pairs have disjoint bands.
-        unsafe { grad_out.product_raw(kernel, (bands.0.add(dv_offset), ldc), n, (p, n, 1), None) };
+        unsafe {
+            grad_out.product_raw(
+                kernel,
+                (bands.0.add(dv_offset), ldc),
+                n,
+                (p, n, 1),
+                Epilogue::default(),
+            )
+        };
         // dQ = dS (scale (K - c)), dK = dSᵀ (scale Q)
         let ((q, _, q_rs), dq_offset) = part(Part::Query);
         let ((k, _, k_rs), dk_offset) = part(Part::Key);
