@@ -225,6 +225,11 @@ impl Bf16Panels {
         let mut blocks = &mut values.spare_capacity_mut()[..pairs * padded];
         // Each panel's columns' sums (left at zero without `summing`).
         let mut sums = vec![0f32; padded];
+        let add: Option<fn(&mut [f32], &[f32])> = match summing {
+            ColumnSums::None => None,
+            ColumnSums::Exact => Some(add_into),
+            ColumnSums::OfRounded => Some(add_rounded_into),
+        };
         for k0 in (0..k).step_by(DEPTH) {
             let depth_pairs = DEPTH.min(k - k0).div_ceil(2);
             let (block, rest) = blocks.split_at_mut(depth_pairs * padded);
@@ -247,11 +252,6 @@ impl Bf16Panels {
                         };
                         interleave_pairs(&mut out[..width], first, second);
                         out[width..].fill(MaybeUninit::new(0));
-                        let add = match summing {
-                            ColumnSums::None => None,
-                            ColumnSums::Exact => Some(add_into as fn(&mut [f32], &[f32])),
-                            ColumnSums::OfRounded => Some(add_rounded_into as fn(&mut [f32], &[f32])),
-                        };
                         if let Some(add) = add {
                             add(&mut sums[..width], first);
                             if d + 1 < k {

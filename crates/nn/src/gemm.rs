@@ -226,8 +226,8 @@ mod tests {
 
     #[test]
     fn row_blocks_are_whole_tiles_but_the_last() {
-        // A ViT-S/16-384 batch of 8 (577 tokens each) once made blocks of 289 rows, each
-        // ending in a one-row tile.
+        // A ViT-S/16-384 batch of 8 (577 tokens each): blocks of 289 rows would each end in
+        // a one-row tile.
         assert_eq!(block_rows(8 * 577) % 12, 0);
         for rows in 1..3000 {
             let block = block_rows(rows);

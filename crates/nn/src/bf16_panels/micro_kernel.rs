@@ -4,6 +4,31 @@
 use super::{PairStrides, TILE, WIDTH};
 use crate::ops::bf16::round_to_bf16_scalar;
 
+/// `$call` with the constant `$rows` set to the next tile's height: `$rows_left`, or [`TILE`]
+/// when more rows are left. The micro-kernels are compiled for each height.
+macro_rules! with_tile_rows {
+    ($rows_left:expr, $rows:ident => $call:expr) => {
+        match $rows_left {
+            1 => with_tile_rows!(@ 1, $rows => $call),
+            2 => with_tile_rows!(@ 2, $rows => $call),
+            3 => with_tile_rows!(@ 3, $rows => $call),
+            4 => with_tile_rows!(@ 4, $rows => $call),
+            5 => with_tile_rows!(@ 5, $rows => $call),
+            6 => with_tile_rows!(@ 6, $rows => $call),
+            7 => with_tile_rows!(@ 7, $rows => $call),
+            8 => with_tile_rows!(@ 8, $rows => $call),
+            9 => with_tile_rows!(@ 9, $rows => $call),
+            10 => with_tile_rows!(@ 10, $rows => $call),
+            11 => with_tile_rows!(@ 11, $rows => $call),
+            _ => with_tile_rows!(@ TILE, $rows => $call),
+        }
+    };
+    (@ $value:expr, $rows:ident => $call:expr) => {{
+        const $rows: usize = $value;
+        $call
+    }};
+}
+
 /// The micro-kernel that multiplies the pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
@@ -49,7 +74,7 @@ pub(super) struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    /// `c[m, width] (+)= a[m, pairs] · panel`, then `+ bias`, tile after tile of [`TILE`]
+    /// `c[m, width] (+)= a[m, pairs] · panel`, then the epilogue, tile after tile of [`TILE`]
     /// rows: full panels on the hardware kernel in one call, the rest through [`Self::run`].
     ///
     /// SAFETY: as [`Self::run`]'s, for `m` rows.
@@ -85,26 +110,14 @@ impl Tile<'_> {
             // SAFETY: rows `i..` of the tile, for which the caller vouches.
             unsafe {
                 let c = c.add(i * self.ldc);
-                match m - i {
-                    1 => self.run::<1>(kernel, a, strides, c),
-                    2 => self.run::<2>(kernel, a, strides, c),
-                    3 => self.run::<3>(kernel, a, strides, c),
-                    4 => self.run::<4>(kernel, a, strides, c),
-                    5 => self.run::<5>(kernel, a, strides, c),
-                    6 => self.run::<6>(kernel, a, strides, c),
-                    7 => self.run::<7>(kernel, a, strides, c),
-                    8 => self.run::<8>(kernel, a, strides, c),
-                    9 => self.run::<9>(kernel, a, strides, c),
-                    10 => self.run::<10>(kernel, a, strides, c),
-                    11 => self.run::<11>(kernel, a, strides, c),
-                    _ => self.run::<TILE>(kernel, a, strides, c),
-                }
+                with_tile_rows!(m - i, R => self.run::<R>(kernel, a, strides, c))
             }
         }
     }
 
-    /// `c[R, width] (+)= a[R, pairs] · panel`, then `+ bias`: a full panel in place, the
-    /// last, narrower one through a [`WIDTH`]-wide buffer.
+    /// `c[R, width] (+)= a[R, pairs] · panel`, then the epilogue (`+ bias`, rounding) on the
+    /// last depth block: a full panel in place, the last, narrower one through a
+    /// [`WIDTH`]-wide buffer.
     ///
     /// SAFETY: `a` holds `R` rows of the panel's depth pairs at `strides`; `c` `R` rows `ldc`
     /// apart of `width` values, initialised if `resume`; AVX512_BF16 for its kernel.
@@ -238,20 +251,7 @@ unsafe fn dpbf16_rows(
         // SAFETY: rows `i..` of those the caller vouches for.
         unsafe {
             let (a, c) = (a.add(i * strides.0), (c.add(i * ldc), ldc, resume));
-            match m - i {
-                1 => dpbf16::<1>(a, strides, panel, c, epilogue),
-                2 => dpbf16::<2>(a, strides, panel, c, epilogue),
-                3 => dpbf16::<3>(a, strides, panel, c, epilogue),
-                4 => dpbf16::<4>(a, strides, panel, c, epilogue),
-                5 => dpbf16::<5>(a, strides, panel, c, epilogue),
-                6 => dpbf16::<6>(a, strides, panel, c, epilogue),
-                7 => dpbf16::<7>(a, strides, panel, c, epilogue),
-                8 => dpbf16::<8>(a, strides, panel, c, epilogue),
-                9 => dpbf16::<9>(a, strides, panel, c, epilogue),
-                10 => dpbf16::<10>(a, strides, panel, c, epilogue),
-                11 => dpbf16::<11>(a, strides, panel, c, epilogue),
-                _ => dpbf16::<TILE>(a, strides, panel, c, epilogue),
-            }
+            with_tile_rows!(m - i, R => dpbf16::<R>(a, strides, panel, c, epilogue))
         }
     }
 }
