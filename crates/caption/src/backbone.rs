@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn training_mode_batch_norm_and_its_gradient() {
         let device = Device::flex().autodiff();
-        let _draws = gaze_nn::test_support::seeded(&device, 4);
+        let _draws = gaze_nn::device::seeded(&device, 4);
         let mut bn = FrozenBatchNorm2d::new(3, &device).for_training();
         bn.weight = Param::from_tensor(Tensor::from_floats([0.5, 2.0, 1.0], &device));
         bn.bias = Param::from_tensor(Tensor::from_floats([1.0, -1.0, 0.0], &device));
@@ -375,7 +375,7 @@ mod tests {
     #[test]
     fn calibration_freezes_what_training_mode_computes() {
         let device = Device::flex();
-        let _draws = gaze_nn::test_support::seeded(&device, 2);
+        let _draws = gaze_nn::device::seeded(&device, 2);
         let config = CatrConfig::new()
             .with_resnet_blocks([1, 1, 1, 1])
             .with_resnet_width(4);

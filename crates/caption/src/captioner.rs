@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn slice_decoding_equals_tensor_decoding() {
         let device = Device::flex();
-        let _draws = gaze_nn::test_support::seeded(&device, 11);
+        let _draws = gaze_nn::device::seeded(&device, 11);
         let model = crate::model::tests::tiny().init(&device);
         let image = Tensor::<4>::random(
             [1, 3, 48, 64],

@@ -182,7 +182,7 @@ mod tests {
             "max_position_embeddings": 8, "max_dim": 64
         }))
         .unwrap();
-        let _draws = gaze_nn::test_support::seeded(&device, 1);
+        let _draws = gaze_nn::device::seeded(&device, 1);
         let model = config.init(&device);
         let path = std::env::temp_dir().join(format!("gaze-catr-{}.safetensors", std::process::id()));
         save_catr(&model, &config, &path).unwrap();

@@ -180,7 +180,7 @@ pub(crate) mod tests {
     #[test]
     fn teacher_forcing_matches_greedy_decoding_step_by_step() {
         let device = Device::flex();
-        let _draws = gaze_nn::test_support::seeded(&device, 3);
+        let _draws = gaze_nn::device::seeded(&device, 3);
         let model = tiny().init(&device);
         // A wide image: the grid is 3 x 5, not square.
         let image = Tensor::<4>::random(
@@ -222,7 +222,7 @@ mod batch_tests {
     #[test]
     fn a_batch_gives_each_image_its_own_result() {
         let device = Device::flex();
-        let _draws = gaze_nn::test_support::seeded(&device, 5);
+        let _draws = gaze_nn::device::seeded(&device, 5);
         let model = super::tests::tiny().init(&device);
         let images = Tensor::<4>::random(
             [2, 3, 32, 48],

@@ -58,9 +58,10 @@ fn report(workload: &str, images: usize, seconds: f64, (flop, reference_flop): (
 /// the size a 640x480 picture becomes. Random weights may end a caption early, so the time
 /// is scaled to 127 tokens (decoding cost is close to linear in the tokens).
 fn caption_127(device: &burn::tensor::Device, repeats: usize) {
-    device.seed(0);
+    let draws = gaze_nn::device::seeded(device, 0);
     let model = CatrConfig::v3().init(device);
     let x = Tensor::<4>::random([1, 3, 224, 299], Distribution::Normal(0.0, 1.0), device);
+    drop(draws);
     let captioner = model.captioner();
     let mut tokens = 0;
     let seconds = time(repeats, || {

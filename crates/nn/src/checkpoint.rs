@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn saving_twice_gives_the_same_bytes() {
         let device = Device::flex();
-        let _draws = crate::test_support::seeded(&device, 1);
+        let _draws = crate::device::seeded(&device, 1);
         let layer = LinearConfig::new(6, 4).init(&device);
         let dir = std::env::temp_dir().join(format!("gaze-save-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -134,6 +134,18 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
+/// Seeds `device`'s random generator and keeps the other threads of this process that draw
+/// through this function waiting until the returned guard drops. burn keeps one generator
+/// per process, so two threads that each seed and then draw (two trainings, or tests running
+/// in parallel) would otherwise take each other's numbers and lose their reproducibility.
+/// A thread that holds the guard and calls this again waits for itself forever.
+pub fn seeded(device: &Device, seed: u64) -> std::sync::MutexGuard<'static, ()> {
+    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = DRAWS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    guard
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +167,35 @@ mod tests {
         let err = parse_device("metal").unwrap_err().to_string();
         assert!(err.contains("`metal`") && err.contains("flex"), "{err}");
         assert!(parse_device("cuda:x").is_err());
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn threads_that_seed_alike_draw_alike() {
+        use burn::tensor::{Distribution, Tensor};
+        let device = Device::flex();
+        let start = std::sync::Barrier::new(4);
+        let draw = |start: Option<&std::sync::Barrier>| {
+            start.map(|s| s.wait());
+            let _draws = seeded(&device, 5);
+            // Many small draws with a yield before each, where another thread could come between.
+            (0..500)
+                .flat_map(|_| {
+                    std::thread::yield_now();
+                    Tensor::<1>::random([4], Distribution::Default, &device)
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .unwrap()
+                })
+                .collect::<Vec<f32>>()
+        };
+        let alone = draw(None);
+        let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4).map(|_| scope.spawn(|| draw(Some(&start)))).collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for drawn in together {
+            assert!(drawn == alone, "a thread's draws were interleaved with another's");
+        }
     }
 }

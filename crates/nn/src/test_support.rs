@@ -1,17 +1,7 @@
-//! What the tests of several crates share: their fixtures folder, the `wgpu` device they run
-//! the backend's parity tests on, and seeded random draws that parallel tests cannot disturb.
+//! What the tests of several crates share: their fixtures folder and the `wgpu` device they
+//! run the backend's parity tests on.
 
 use std::path::PathBuf;
-
-/// Seeds `device` and holds a process-wide lock until the guard is dropped: burn's random
-/// generator is shared by the tests running in parallel in one executable, so a test that
-/// seeds and then draws must keep the others from drawing in between.
-pub fn seeded(device: &burn::tensor::Device, seed: u64) -> std::sync::MutexGuard<'static, ()> {
-    static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = DRAWS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    device.seed(seed);
-    guard
-}
 
 /// `tests/fixtures` of the crate at `manifest_dir` (pass `env!("CARGO_MANIFEST_DIR")`), or of
 /// the `CARGO_MANIFEST_DIR` set at run time, which moves it for a test executable run on

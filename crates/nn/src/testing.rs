@@ -1,15 +1,23 @@
-//! What the kernels' tests share: a seeded device, random layers, and the comparison of
+//! What the kernels' tests share: a seeded device that parallel tests cannot disturb, random layers, and the comparison of
 //! outputs and gradients with burn's own operations.
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Device, Distribution, Gradients, Tensor, TensorData, Tolerance};
+use std::sync::MutexGuard;
 
-/// The `flex` device, seeded.
-pub(super) fn flex() -> Device {
+/// The `flex` device, seeded, with the guard that keeps the tests running beside this one
+/// from drawing until it drops (`crate::device::seeded`): hold it for the whole test.
+pub(super) fn flex() -> (Device, MutexGuard<'static, ()>) {
     let device = Device::flex();
-    device.seed(7);
-    device
+    let draws = crate::device::seeded(&device, 7);
+    (device, draws)
+}
+
+/// [`flex`] under autodiff.
+pub(super) fn autodiff_flex() -> (Device, MutexGuard<'static, ()>) {
+    let (device, draws) = flex();
+    (device.autodiff(), draws)
 }
 
 /// Runs `ours` and `burns` on `x` under autodiff with the loss `(f(x) * weight).sum()`,
@@ -37,6 +45,21 @@ pub(crate) fn assert_same_gradients<const D: usize>(
         assert_eq!(a.shape(), b.shape(), "{name}");
         a.assert_approx_eq::<f32>(b, Tolerance::absolute(tolerance));
     }
+}
+
+/// Where `ours` departs from `reference` by more than `tolerance`: how many elements, and
+/// the largest gap as a fraction of the reference's largest magnitude.
+pub(crate) fn departure(ours: &TensorData, reference: &TensorData, tolerance: f32) -> (usize, f32) {
+    assert_eq!(ours.shape(), reference.shape());
+    let (ours, reference) = (
+        ours.as_slice::<f32>().unwrap(),
+        reference.as_slice::<f32>().unwrap(),
+    );
+    let largest = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let gaps = ours.iter().zip(reference).map(|(a, b)| (a - b).abs());
+    let beyond: Vec<f32> = gaps.filter(|&gap| gap > tolerance).collect();
+    let widest = beyond.iter().fold(0f32, |m, &gap| m.max(gap));
+    (beyond.len(), widest / largest)
 }
 
 /// A `d_in -> d_out` layer on `device`, its weight stored transposed when `transposed` (so

@@ -99,7 +99,7 @@ mod tests {
     /// A `Linear(300, 70)` with seeded random weights, on `flex` under autodiff.
     fn layer() -> Linear {
         let device = Device::flex().autodiff();
-        let _draws = gaze_nn::test_support::seeded(&device, 3);
+        let _draws = gaze_nn::device::seeded(&device, 3);
         LinearConfig::new(300, 70).init(&device)
     }
 

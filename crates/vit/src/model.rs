@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn explicit_attention_equals_fused() {
         let device = Device::flex();
-        let _draws = gaze_nn::test_support::seeded(&device, 7);
+        let _draws = gaze_nn::device::seeded(&device, 7);
         let model = tiny().init(&device);
         let images = Tensor::<4>::random([2, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
         // In bf16 too: the fused kernel and the explicit product round the same operands.
@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn precision_reaches_every_product_and_survives_valid_and_a_step() {
         let device = Device::flex().autodiff();
-        let _draws = gaze_nn::test_support::seeded(&device, 3);
+        let _draws = gaze_nn::device::seeded(&device, 3);
         let model = tiny().init(&device).with_precision(Precision::Bf16);
         assert!(precisions(&model).iter().all(|p| *p == Precision::Bf16));
         let images = Tensor::<4>::random([2, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);

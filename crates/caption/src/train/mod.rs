@@ -205,8 +205,9 @@ pub fn train_captioner(
         .map_err(|e| io_err(&out.join("config.toml"), e))?;
 
     let train_device = device.clone().autodiff();
-    train_device.seed(config.run.seed);
+    let draws = gaze_nn::device::seeded(&train_device, config.run.seed);
     let mut model = catr.init(&train_device);
+    drop(draws);
     model.backbone = model.backbone.for_training();
     let mut task = Captioning {
         config,

@@ -564,11 +564,11 @@ pub(crate) mod flex {
 mod tests {
     use super::*;
     use crate::testing::*;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::{Device, Distribution, TensorData, Tolerance};
 
     #[test]
     fn attention_equals_burns_attention() {
-        let device = flex();
+        let (device, _draws) = flex();
         // 3 heads of 16; a non-contiguous projection (copied first) and a contiguous one.
         let strided =
             Tensor::<3>::random([2, 144, 5], Distribution::Normal(0.0, 2.0), &device).swap_dims(1, 2);
@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn attention_gradients_equal_burns() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         let qkv = Tensor::<3>::random([2, 7, 144], Distribution::Normal(0.0, 1.5), &device);
         let weight = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.5), &device);
         assert_same_gradients(
@@ -599,7 +599,7 @@ mod tests {
     fn keys_sharing_a_large_mean_leave_the_bf16_query_gradient_near_f32s() {
         // dQ = dS K cancels the keys' common part (dS's rows sum to zero); dS rounded to bf16
         // against uncentred keys 32 apart from zero would leave about 2^-9 of it, several % of dQ.
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         let shift = Tensor::<3>::cat(
             vec![
                 Tensor::zeros([1, 1, 48], &device),
@@ -622,31 +622,82 @@ mod tests {
         assert!(error < 1e-2 * largest, "dQ off by {error} of at most {largest}");
     }
 
+    /// bf16 attention's output without autodiff, then its output and the gradient of `qkv`
+    /// under the loss `(out * weight).sum()`, by `f`.
+    fn bf16_outputs(
+        f: &dyn Fn(Tensor<3>) -> Tensor<3>,
+        qkv: &Tensor<3>,
+        weight: &Tensor<3>,
+    ) -> [TensorData; 3] {
+        let inference = f(qkv.clone().inner()).into_data();
+        let x = qkv.clone().require_grad();
+        let out = f(x.clone());
+        let grads = (out.clone() * weight.clone()).sum().backward();
+        [
+            inference,
+            out.inner().into_data(),
+            x.grad(&grads).unwrap().into_data(),
+        ]
+    }
+
     #[test]
-    fn bf16_attention_equals_its_reference_with_and_without_gradients() {
-        // Queries, keys and values already bf16, as the model's are; 7 tokens so that the
-        // kernel's remainder paths run.
-        let device = flex().autodiff();
+    fn bf16_attention_equals_its_reference_but_where_a_rounding_falls_the_other_way() {
+        // Both sides round values they compute in f32 in different orders (probabilities, dP,
+        // dS), so one within an f32 step of a bf16 rounding boundary can round up on one side
+        // and down on the other: a probability moves one row of the output (16 values here), an
+        // element of dS a row of dQ and one of dK. About one draw in fifty shows such a flip,
+        // of less than a bf16 step (2^-8) of the largest value; more often, wider or larger is
+        // an error. 7 tokens, so that the kernel's remainder paths run.
+        let mut departed = Vec::new();
+        for seed in 0..1000 {
+            let device = Device::flex().autodiff();
+            let draws = crate::device::seeded(&device, seed);
+            // Queries, keys and values already bf16, as the model's are.
+            let qkv = round_to_bf16(Tensor::<3>::random(
+                [2, 7, 144],
+                Distribution::Normal(0.0, 1.5),
+                &device,
+            ));
+            let weight = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.5), &device);
+            drop(draws);
+            let ours = bf16_outputs(&|x| attention_bf16(x, 3), &qkv, &weight);
+            let reference = bf16_outputs(&|x| explicit_attention_bf16(x, 3), &qkv, &weight);
+            let names = ["inference", "output", "d qkv"];
+            let mut flipped = false;
+            for ((name, ours), (reference, tolerance)) in names
+                .iter()
+                .zip(&ours)
+                .zip(reference.iter().zip([1e-5, 1e-5, 2e-5]))
+            {
+                let (elements, largest) = departure(ours, reference, tolerance);
+                assert!(
+                    elements <= 32 && largest < 2f32.powi(-8),
+                    "seed {seed}: {name} departs from its reference at {elements} elements, by up to {largest} of its largest value"
+                );
+                flipped |= elements > 0;
+            }
+            if flipped {
+                departed.push(seed);
+            }
+        }
+        assert!(
+            departed.len() <= 40,
+            "{} of 1000 draws depart from the reference: {departed:?}",
+            departed.len()
+        );
+    }
+
+    #[test]
+    fn bf16_probabilities_move_the_output_and_the_gradient() {
+        let (device, _draws) = autodiff_flex();
         let qkv = round_to_bf16(Tensor::<3>::random(
             [2, 7, 144],
             Distribution::Normal(0.0, 1.5),
             &device,
         ));
         let weight = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.5), &device);
-        let inference = attention_bf16(qkv.clone().inner(), 3);
-        let reference = explicit_attention_bf16(qkv.clone().inner(), 3);
-        inference
-            .to_data()
-            .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::absolute(1e-5));
-        assert_same_gradients(
-            (&qkv, &weight),
-            &|qkv| attention_bf16(qkv, 3),
-            &|qkv| explicit_attention_bf16(qkv, 3),
-            &|_| Vec::new(),
-            2e-5,
-        );
         // The rounding shows, forward (a bf16 step is 2^-8 relative) and backward.
-        let moved: f32 = (attention(qkv.clone().inner(), 3) - inference)
+        let moved: f32 = (attention(qkv.clone().inner(), 3) - attention_bf16(qkv.clone().inner(), 3))
             .abs()
             .max()
             .into_scalar();

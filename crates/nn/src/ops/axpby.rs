@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn axpby_equals_burns_arithmetic_in_place_or_not() {
-        let device = flex();
+        let (device, _draws) = flex();
         // Several parallel chunks and a tail; `x` held elsewhere (a new buffer), then `x` alone
         // (its own buffer, updated in place), then a non-contiguous `y`.
         let x = Tensor::<2>::random([3, 20011], Distribution::Normal(0.0, 1.0), &device);

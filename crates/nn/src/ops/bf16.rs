@@ -230,7 +230,7 @@ mod tests {
         assert!(round_to_bf16_scalar(f32::NAN).is_nan());
         // The tensor paths, flex's kernel and burn's casts, agree with the reference bit for
         // bit on awkward values (more than one parallel chunk of them).
-        let device = flex();
+        let (device, _draws) = flex();
         let mut values: Vec<f32> = cases.iter().map(|c| c.0).collect();
         values.extend([1e-40, -3e-39, f32::INFINITY, 0.0, -0.0]);
         values.extend((0..40000).map(|i| ((i as f32) * 0.7123).sin() * 10f32.powi(i % 9 - 4)));
@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn the_gradient_passes_through_rounded() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         let x = Tensor::<2>::random([3, 9000], Distribution::Normal(0.0, 1.0), &device);
         let weight = Tensor::<2>::random([3, 9000], Distribution::Normal(0.0, 1.0), &device);
         // flex's backward and that of burn's casts give the same bits.
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn bf16_products_are_f32_products_of_rounded_operands_and_gradients_pass() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         let layer = random_linear(48, 20, true, &device);
         let x = Tensor::<3>::random([2, 7, 48], Distribution::Normal(0.0, 1.0), &device).require_grad();
         let bf16 = Precision::Bf16.linear(&layer, x.clone());
@@ -310,8 +310,11 @@ mod tests {
         assert_eq!("bfloat16".parse::<Precision>(), Ok(Precision::Bf16));
         assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
         assert!("fp16".parse::<Precision>().unwrap_err().contains("fp32 or bf16"));
-        assert_eq!(Precision::Fp32.prepare(&flex()), Ok(None));
-        let notice = Precision::Bf16.prepare(&flex().autodiff()).unwrap().unwrap();
+        assert_eq!(Precision::Fp32.prepare(&Device::flex()), Ok(None));
+        let notice = Precision::Bf16
+            .prepare(&Device::flex().autodiff())
+            .unwrap()
+            .unwrap();
         let path = if cpu_has_avx512_bf16() {
             "vdpbf16ps"
         } else {

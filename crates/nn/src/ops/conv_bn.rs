@@ -171,7 +171,7 @@ mod tests {
     fn conv2d_affine_equals_burns_convolution_and_affine() {
         use burn::nn::PaddingConfig2d;
         use burn::nn::conv::Conv2dConfig;
-        let device = flex();
+        let (device, _draws) = flex();
         // (kernel, stride, dilation, padding (h, w), bias, relu)
         let cases = [
             ([3, 3], 1, 1, (1, 1), false, true),

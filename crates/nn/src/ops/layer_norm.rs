@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn layer_norm_equals_burns() {
-        let device = flex();
+        let (device, _draws) = flex();
         // 384 features (the ViT's) and 13 (a tail past the eight lanes); an offset mean.
         for (d, epsilon) in [(384, 1e-6), (13, 1e-5)] {
             let norm = random_norm(d, epsilon, &device);
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn layer_norm_gradients_equal_burns() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         // Enough rows for several parallel blocks (their γ and β sums are added up).
         for (d, rows) in [(384, 200), (13, 3000)] {
             let norm = random_norm(d, 1e-6, &device);

@@ -305,7 +305,7 @@ mod tests {
 
     #[test]
     fn linear_equals_burns_linear() {
-        let device = flex();
+        let (device, _draws) = flex();
         // 2100 rows make seven row blocks spread over the threads, 97 rows one block per
         // thread (up to two); 10 rows one GEMM.
         for (shape, transposed) in [
@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn linear_follows_a_changed_weight() {
         use burn::module::Param;
-        let device = flex();
+        let (device, _draws) = flex();
         // Outside autodiff the packed weights are kept between calls: each call here has a
         // new weight (the old one dropped, so its memory may be reused), and must use it.
         let mut layer = random_linear(40, 48, false, &device);
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn linear_gradients_equal_burns() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         // 1300 rows: five row blocks; 6 rows: one GEMM.
         for (shape, transposed) in [([2, 650, 24], false), ([2, 3, 24], true)] {
             let layer = random_linear(24, 17, transposed, &device);

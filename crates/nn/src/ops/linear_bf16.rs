@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_fast_path_equals_the_reference() {
-        let device = flex();
+        let (device, _draws) = flex();
         // 2100 rows: row blocks over the threads; 10 rows: one block; a transposed weight.
         for (shape, transposed) in [([3, 700, 24], false), ([2, 5, 24], true)] {
             let layer = random_linear(24, 17, transposed, &device);
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn an_operand_output_equals_the_rounded_output_with_its_gradients_bit_for_bit() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         let layer = random_linear(40, 24, false, &device);
         let x = Tensor::<3>::random([2, 300, 40], Distribution::Normal(0.0, 1.0), &device).require_grad();
         let dy = Tensor::<3>::random([2, 300, 24], Distribution::Normal(0.0, 1.0), &device);
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn gradients_are_bf16_products_of_rounded_operands() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         let layer = random_linear(40, 24, false, &device);
         let x = Tensor::<3>::random([2, 300, 40], Distribution::Normal(0.0, 1.0), &device).require_grad();
         let dy = Tensor::<3>::random([2, 300, 24], Distribution::Normal(0.0, 1.0), &device);

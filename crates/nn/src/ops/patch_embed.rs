@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn patch_embed_equals_burns_convolution() {
-        let device = flex();
+        let (device, _draws) = flex();
         // Square and oblong patches on a non-square plane, read through a permute; a stride
         // that is not the kernel and a plane the kernel does not tile take burn's path.
         for (kernel, stride, [h, w], cut) in [
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn patch_embed_gradients_equal_burns() {
-        let device = flex().autodiff();
+        let (device, _draws) = autodiff_flex();
         let conv = patch_conv([2, 3], [2, 3], &device);
         let x = Tensor::<4>::random([2, 5, 6, 12], Distribution::Normal(0.0, 1.0), &device);
         // The tokens `[2, 12, 7]` with a leading 1, so input and output share a rank.

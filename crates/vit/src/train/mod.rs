@@ -65,7 +65,7 @@ fn initial_model(
     start: Option<(Checkpoint, Option<VitConfig>)>,
     device: &Device,
 ) -> Result<VisionTransformer, TrainError> {
-    device.seed(config.run.seed);
+    let _draws = gaze_nn::device::seeded(device, config.run.seed);
     let Some((checkpoint, stored)) = start else {
         return Ok(vit.init(device));
     };
