@@ -1,5 +1,6 @@
 //! Helpers for the kernels that run on `flex` tensors: reading their values where they lie,
-//! registering gradients, and filling new buffers without zeroing them first.
+//! registering gradients, filling new buffers without zeroing them first, and adding the
+//! parallel tasks' partial sums.
 
 use burn::backend::Flex;
 use burn::backend::autodiff::NodeId;
@@ -31,6 +32,19 @@ pub(crate) fn map_in_place(x: FloatTensor<Flex>, kernel: fn(&mut [f32])) -> Floa
     let (mut values, shape) = flex_values(x);
     values.par_chunks_mut(CHUNK).for_each(kernel);
     FloatTensor::<Flex>::from_data(TensorData::new(values, shape))
+}
+
+/// The element-wise sums of the parallel tasks' `parts` (each two vectors, such as a
+/// weight's and a bias's gradient), added in the tasks' order: rayon's `reduce` would pair
+/// them up as the threads happen to finish, and the bits would change from run to run.
+pub(crate) fn add_in_order(parts: Vec<(Vec<f32>, Vec<f32>)>) -> Option<(Vec<f32>, Vec<f32>)> {
+    let mut parts = parts.into_iter();
+    let (mut first, mut second) = parts.next()?;
+    for (more_first, more_second) in parts {
+        first.iter_mut().zip(&more_first).for_each(|(a, b)| *a += b);
+        second.iter_mut().zip(&more_second).for_each(|(a, b)| *a += b);
+    }
+    Some((first, second))
 }
 
 /// Registers `values`, row-major of `shape`, as the gradient of `node` if it is tracked.

@@ -139,7 +139,7 @@ pub(crate) mod flex {
             let grad = &grad.storage::<f32>()[..stats.len() * d];
             let x = &x.storage::<f32>()[..stats.len() * d];
             let block = CHUNK.div_ceil(d);
-            let mut sums = None;
+            let mut sums = Vec::new();
             let fill = |dx: &mut [MaybeUninit<f32>]| {
                 sums = dx
                     .par_chunks_mut(block * d)
@@ -151,15 +151,11 @@ pub(crate) mod flex {
                         norm_backward_rows(dx, grad, x, stats, gamma, &mut sums.0, &mut sums.1);
                         sums
                     })
-                    .reduce_with(|(mut dg, mut db), (dg2, db2)| {
-                        dg.iter_mut().zip(&dg2).for_each(|(a, b)| *a += b);
-                        db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
-                        (dg, db)
-                    });
+                    .collect();
             };
             // SAFETY: `norm_backward_rows` writes every element of every chunk.
             let dx = unsafe { written(grad.len(), fill) };
-            let (dgamma, dbeta) = sums.expect("at least one row");
+            let (dgamma, dbeta) = add_in_order(sums).expect("at least one row");
             let [parent_x, parent_gamma, parent_beta] = ops.parents;
             for (parent, values, shape) in [
                 (parent_x, dx, shape),
@@ -214,6 +210,31 @@ mod tests {
                 },
                 1e-3,
             );
+        }
+    }
+
+    #[test]
+    fn gamma_and_beta_gradients_are_the_same_bits_every_time() {
+        // The per-block sums over a training step's rows (8 images of 577 tokens), added in
+        // the order of the blocks whichever thread finished first.
+        let (device, _draws) = autodiff_flex();
+        let norm = random_norm(384, 1e-6, &device);
+        let x = Tensor::<2>::random([4616, 384], Distribution::Normal(2.0, 3.0), &device);
+        let weight = Tensor::<2>::random([4616, 384], Distribution::Normal(0.0, 1.0), &device);
+        let gradients = || {
+            let grads = (layer_norm(&norm, x.clone(), 1e-6) * weight.clone())
+                .sum()
+                .backward();
+            let beta = norm.beta.as_ref().unwrap();
+            let bits = |t: Tensor<1>| t.into_data().iter::<f32>().map(f32::to_bits).collect::<Vec<_>>();
+            (
+                bits(norm.gamma.grad(&grads).unwrap()),
+                bits(beta.grad(&grads).unwrap()),
+            )
+        };
+        let first = gradients();
+        for run in 1..20 {
+            assert!(gradients() == first, "run {run} summed dγ or dβ in another order");
         }
     }
 }

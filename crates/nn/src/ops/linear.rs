@@ -216,7 +216,7 @@ pub(crate) mod flex {
             // itself), and the partials are added.
             let parts = rayon::current_num_threads().min(rows / 256).max(1);
             let block = rows.div_ceil(parts).max(1);
-            let (dw, db) = x[..rows * d_in]
+            let parts = x[..rows * d_in]
                 .par_chunks(block * d_in)
                 .zip(grad[..rows * d_out].par_chunks(block * d_out))
                 .map(|(x, grad)| {
@@ -237,12 +237,9 @@ pub(crate) mod flex {
                     }
                     (dw, db)
                 })
-                .reduce_with(|(mut dw, mut db), (dw2, db2)| {
-                    dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
-                    db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
-                    (dw, db)
-                })
-                .unwrap_or_else(|| (vec![0f32; d_in * d_out], vec![0f32; d_out]));
+                .collect();
+            let (dw, db) =
+                add_in_order(parts).unwrap_or_else(|| (vec![0f32; d_in * d_out], vec![0f32; d_out]));
             register(grads, parent_weight.map(|node| node.id), dw, vec![d_in, d_out]);
             register(grads, parent_bias.map(|node| node.id), db, vec![d_out]);
         }
