@@ -24,7 +24,7 @@ mod packed_lhs;
 
 pub use micro_kernel::Bf16Kernel;
 use micro_kernel::Tile;
-pub(crate) use packed_lhs::pack_both_ways;
+pub(crate) use packed_lhs::BothWays;
 
 /// Columns of a panel: two vectors of 16 f32 lanes.
 const WIDTH: usize = 32;
@@ -35,6 +35,8 @@ pub(crate) const TILE: usize = 12;
 const DEPTH: usize = 384;
 /// Rows a task multiplies against every panel before moving on (their bf16 pairs stay in L2).
 const ROW_TILE: usize = 96;
+// Row tiles hand whole pairs of rows to `Bf16Panels::product_finishing_rows`' `finish`.
+const _: () = assert!(ROW_TILE % 2 == 0);
 /// Values up to which packing stays on the calling thread.
 const SERIAL: usize = 1 << 16;
 
@@ -323,13 +325,30 @@ impl Bf16Panels {
         lhs: Strided,
         epilogue: Epilogue,
     ) -> &'a mut [f32] {
+        self.product_finishing_rows(kernel, dst, lhs, epilogue, |_, _| {})
+    }
+
+    /// [`Self::product`], handing each block of up to [`ROW_TILE`] finished rows (an even
+    /// number but for the last block) to `finish(i, rows)`, from row `i` on, while they are
+    /// still in cache.
+    pub(crate) fn product_finishing_rows<'a>(
+        &self,
+        kernel: Bf16Kernel,
+        dst: &'a mut [MaybeUninit<f32>],
+        lhs: Strided,
+        epilogue: Epilogue,
+        mut finish: impl FnMut(usize, &mut [f32]),
+    ) -> &'a mut [f32] {
         let n = self.n;
         let m = dst.len() / n;
         assert!(dst.len() == m * n, "bf16 panels: dst of the wrong size");
         let dst = dst.as_mut_ptr().cast::<f32>();
-        // SAFETY: `dst` holds `[m, n]` and is borrowed exclusively.
+        // SAFETY: `dst` holds `[m, n]` and is borrowed exclusively; a block's rows are all
+        // written when it is handed over, and the product no longer touches them.
         unsafe {
-            self.product_raw(kernel, (dst, n), m, lhs, epilogue);
+            self.product_blocks(kernel, (dst, n), m, lhs, epilogue, |i0, rows| {
+                finish(i0, std::slice::from_raw_parts_mut(dst.add(i0 * n), rows * n))
+            });
             std::slice::from_raw_parts_mut(dst, m * n)
         }
     }
@@ -341,10 +360,26 @@ impl Bf16Panels {
     pub(crate) unsafe fn product_raw(
         &self,
         kernel: Bf16Kernel,
+        dst: (*mut f32, usize),
+        m: usize,
+        lhs: Strided,
+        epilogue: Epilogue,
+    ) {
+        // SAFETY: as the caller vouches.
+        unsafe { self.product_blocks(kernel, dst, m, lhs, epilogue, |_, _| {}) }
+    }
+
+    /// [`Self::product_raw`], calling `finished(i0, rows)` after each block of rows.
+    ///
+    /// SAFETY: as [`Self::product_raw`].
+    unsafe fn product_blocks(
+        &self,
+        kernel: Bf16Kernel,
         (dst, ldc): (*mut f32, usize),
         m: usize,
         (lhs, cs, rs): Strided,
         epilogue: Epilogue,
+        mut finished: impl FnMut(usize, usize),
     ) {
         let (k, n) = (self.k, self.n);
         assert!(ldc >= n, "bf16 panels: rows of dst overlap");
@@ -398,6 +433,7 @@ impl Bf16Panels {
             // SAFETY: rows `i0..i0 + tile` of `dst` are the caller's; the kernel runs here
             // (asserted above).
             unsafe { self.row_tile(kernel, (dst.add(i0 * ldc), ldc), (rows, tile, strides), epilogue) };
+            finished(i0, tile);
         }
     }
 
@@ -564,6 +600,41 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn each_block_of_rows_is_handed_over_finished_and_in_order() {
+        // 201 rows: two full row tiles and an odd last block of 9.
+        let (m, k, n) = (201, 70, 45);
+        let (lhs, rhs) = (values(m * k, 4), values(k * n, 5));
+        let panels = Bf16Panels::pack((&rhs, 1, n), [k, n]);
+        let want = definition((&lhs, 1, k), (&rhs, 1, n), [m, k, n], None);
+        for kernel in kernels() {
+            let mut blocks = Vec::new();
+            let mut dst = vec![MaybeUninit::new(f32::NAN); m * n];
+            let got = panels.product_finishing_rows(
+                kernel,
+                &mut dst,
+                (&lhs, 1, k),
+                Epilogue::default(),
+                |i, rows| {
+                    // Every value of the block is the product's, then changed here once.
+                    assert!(
+                        rows.iter()
+                            .zip(&want[i * n..])
+                            .all(|(g, w)| g.to_bits() == w.to_bits())
+                    );
+                    rows.iter_mut().for_each(|x| *x *= 2.0);
+                    blocks.push((i, rows.len() / n));
+                },
+            );
+            assert_eq!(blocks, [(0, ROW_TILE), (ROW_TILE, ROW_TILE), (2 * ROW_TILE, 9)]);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == (2.0 * w).to_bits())
+            );
         }
     }
 

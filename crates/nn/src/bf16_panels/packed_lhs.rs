@@ -1,7 +1,8 @@
 //! A left-hand matrix packed once for two products, `A ·` and `Aᵀ ·`: attention's dS, which
 //! the softmax backward finishes two rows at a time and which multiplies both the keys
 //! (`dQ = dS K`) and the queries (`dK = dSᵀ Q`). Packing while the two rows are in L1 spares
-//! each product its own pass over the f32 matrix.
+//! each product its own pass over the f32 matrix. The rows come a block at a time, each as
+//! soon as the product that computes dP has finished it, while it is still in L2.
 
 use super::{Bf16Kernel, Bf16Panels, ROW_TILE, interleave_pairs, row_as_pairs};
 
@@ -15,55 +16,92 @@ pub(crate) struct PackedLhs<'a> {
     pair_major: bool,
 }
 
-/// `a` `[m, k]` (row-major) packed as the left-hand side of `a ·` and of `aᵀ ·`, into the
-/// two buffers (grown as needed, reused between calls). Two rows at a time, `finish(i, rows)`
-/// first completes rows `i` and `i + 1` (the last row alone when `m` is odd) in place.
-pub(crate) fn pack_both_ways<'a>(
-    a: &mut [f32],
-    [m, k]: [usize; 2],
-    (rows, columns): (&'a mut Vec<u32>, &'a mut Vec<u32>),
-    mut finish: impl FnMut(usize, &mut [f32]),
-) -> [PackedLhs<'a>; 2] {
-    assert_eq!(a.len(), m * k, "pack_both_ways: a is not [m, k]");
-    let (row_pairs, column_pairs) = (k.div_ceil(2), m.div_ceil(2));
-    rows.resize(m * row_pairs, 0);
-    columns.resize(k * column_pairs, 0);
-    let zeros = vec![0f32; k];
-    for (p, two) in a.chunks_mut(2 * k).enumerate() {
-        finish(2 * p, two);
-        for (row, out) in two
-            .chunks_exact(k)
-            .zip(rows[2 * p * row_pairs..].chunks_exact_mut(row_pairs))
-        {
-            row_as_pairs(out, row);
-        }
-        let (first, second) = if two.len() == 2 * k {
-            two.split_at(k)
-        } else {
-            (&*two, &zeros[..])
-        };
-        for j0 in (0..k).step_by(ROW_TILE) {
-            let tile = ROW_TILE.min(k - j0);
-            let out = &mut columns[j0 * column_pairs + p * tile..][..tile];
-            // SAFETY: a `u32` is a valid `MaybeUninit<u32>`, and every write is initialised.
-            let out = unsafe { &mut *(out as *mut [u32] as *mut [std::mem::MaybeUninit<u32>]) };
-            interleave_pairs(out, &first[j0..j0 + tile], &second[j0..j0 + tile]);
-        }
-    }
-    [
-        PackedLhs {
-            values: rows,
+/// An `[m, k]` row-major matrix packed as the left-hand side of `a ·` and of `aᵀ ·`, into
+/// two buffers (grown as needed, reused between calls), given a block of rows at a time in
+/// order ([`Self::pack`]).
+pub(crate) struct BothWays<'a> {
+    rows: &'a mut Vec<u32>,
+    columns: &'a mut Vec<u32>,
+    m: usize,
+    k: usize,
+    /// The first row not packed yet.
+    next: usize,
+    /// A row of zeros, the partner of an odd last row.
+    zeros: Vec<f32>,
+}
+
+impl<'a> BothWays<'a> {
+    pub(crate) fn new([m, k]: [usize; 2], (rows, columns): (&'a mut Vec<u32>, &'a mut Vec<u32>)) -> Self {
+        rows.resize(m * k.div_ceil(2), 0);
+        columns.resize(k * m.div_ceil(2), 0);
+        Self {
+            rows,
+            columns,
             m,
             k,
-            pair_major: false,
-        },
-        PackedLhs {
-            values: columns,
-            m: k,
-            k: m,
-            pair_major: true,
-        },
-    ]
+            next: 0,
+            zeros: vec![0f32; k],
+        }
+    }
+
+    /// Packs the next rows, `block` (an even number of them but for the last block). Two rows
+    /// at a time, `finish(i, rows)` first completes rows `i` and `i + 1` (the last row alone
+    /// when `m` is odd) in place.
+    pub(crate) fn pack(&mut self, block: &mut [f32], mut finish: impl FnMut(usize, &mut [f32])) {
+        let (m, k) = (self.m, self.k);
+        let (row_pairs, column_pairs) = (k.div_ceil(2), m.div_ceil(2));
+        let rows_given = block.len() / k;
+        assert!(
+            block.len() == rows_given * k && self.next + rows_given <= m,
+            "bf16 panels: rows beyond the packed matrix"
+        );
+        assert!(
+            rows_given % 2 == 0 || self.next + rows_given == m,
+            "bf16 panels: an odd block of rows before the last"
+        );
+        let first_pair = self.next / 2;
+        for (p, two) in (first_pair..).zip(block.chunks_mut(2 * k)) {
+            finish(2 * p, two);
+            for (row, out) in two
+                .chunks_exact(k)
+                .zip(self.rows[2 * p * row_pairs..].chunks_exact_mut(row_pairs))
+            {
+                row_as_pairs(out, row);
+            }
+            let (first, second) = if two.len() == 2 * k {
+                two.split_at(k)
+            } else {
+                (&*two, &self.zeros[..])
+            };
+            for j0 in (0..k).step_by(ROW_TILE) {
+                let tile = ROW_TILE.min(k - j0);
+                let out = &mut self.columns[j0 * column_pairs + p * tile..][..tile];
+                // SAFETY: a `u32` is a valid `MaybeUninit<u32>`, and every write is initialised.
+                let out = unsafe { &mut *(out as *mut [u32] as *mut [std::mem::MaybeUninit<u32>]) };
+                interleave_pairs(out, &first[j0..j0 + tile], &second[j0..j0 + tile]);
+            }
+        }
+        self.next += rows_given;
+    }
+
+    /// The two left-hand sides, `a` and `aᵀ`, once every row is packed.
+    pub(crate) fn packed(self) -> [PackedLhs<'a>; 2] {
+        assert_eq!(self.next, self.m, "bf16 panels: rows left to pack");
+        [
+            PackedLhs {
+                values: self.rows,
+                m: self.m,
+                k: self.k,
+                pair_major: false,
+            },
+            PackedLhs {
+                values: self.columns,
+                m: self.k,
+                k: self.m,
+                pair_major: true,
+            },
+        ]
+    }
 }
 
 impl Bf16Panels {
@@ -117,11 +155,21 @@ mod tests {
             let (mut rows, mut columns) = (Vec::new(), Vec::new());
             let mut finished = a.clone();
             let mut seen = Vec::new();
-            let [packed, transposed] =
-                pack_both_ways(&mut finished, [m, k], (&mut rows, &mut columns), |i, two| {
+            let mut both = BothWays::new([m, k], (&mut rows, &mut columns));
+            // Blocks of 2, 4, 6... rows, the last one what is left.
+            let mut rest = &mut finished[..];
+            for block_rows in (2..).step_by(2) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (block, after) = rest.split_at_mut((block_rows * k).min(rest.len()));
+                both.pack(block, |i, two| {
                     seen.push((i, two.len()));
                     two.iter_mut().for_each(|x| *x *= 3.0);
                 });
+                rest = after;
+            }
+            let [packed, transposed] = both.packed();
             let want_seen: Vec<_> = (0..m).step_by(2).map(|i| (i, k * (m - i).min(2))).collect();
             assert_eq!(seen, want_seen, "{m}x{k}: finish saw other rows");
             let tripled: Vec<f32> = a.iter().map(|x| x * 3.0).collect();

@@ -116,7 +116,7 @@ fn burns_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 #[cfg(feature = "flex")]
 pub(crate) mod flex {
 
-    use crate::bf16_panels::{Bf16Kernel, Bf16Panels, Epilogue, pack_both_ways};
+    use crate::bf16_panels::{Bf16Kernel, Bf16Panels, BothWays, Epilogue};
     use crate::flex::*;
     use crate::gemm::*;
     use crate::ops::bf16::round_to_bf16_scalar;
@@ -352,12 +352,19 @@ pub(crate) mod flex {
         let (q, q_cs, q_rs) = x.read(pair, Part::Query);
         let (k, k_cs, k_rs) = x.read(pair, Part::Key);
         let (v, v_cs, v_rs) = x.read(pair, Part::Value);
-        // scores = scale q kᵀ
+        // scores = scale q kᵀ, then softmax, a block of rows at a time while it is in cache
         let keys = Bf16Panels::pack((k, k_rs, k_cs), [d, n]);
-        let scores = keys.product(kernel, &mut scores[..n * n], (q, q_cs, q_rs), Epilogue::default());
         let scale = x.scale();
-        scores.iter_mut().for_each(|s| *s *= scale);
-        softmax_rows(scores, n);
+        let scores = keys.product_finishing_rows(
+            kernel,
+            &mut scores[..n * n],
+            (q, q_cs, q_rs),
+            Epilogue::default(),
+            |_, rows| {
+                rows.iter_mut().for_each(|s| *s *= scale);
+                softmax_rows(rows, n);
+            },
+        );
         // out = p v
         let values = Bf16Panels::pack((v, v_cs, v_rs), [n, d]);
         let (offset, ldc) = (x.band(pair, 0, 1), x.dim());
@@ -391,24 +398,24 @@ pub(crate) mod flex {
         let kernel = Bf16Kernel::detect();
         let part = |part: Part| (x.read(pair, part), x.band(pair, part as usize, 3));
         let ldc = 3 * dim;
-        // dP = dO Vᵀ; dS two rows at a time, packed for dQ and dK while in cache
+        // dP = dO Vᵀ; dS two rows at a time, packed for dQ and dK while in cache, each block
+        // of rows as soon as the product has finished it
         let ((v, v_cs, v_rs), dv_offset) = part(Part::Value);
         let values_t = Bf16Panels::pack((v, v_rs, v_cs), [d, n]);
-        let dp = values_t.product(
+        let mut both = BothWays::new([n, n], (&mut scratch.rows, &mut scratch.columns));
+        values_t.product_finishing_rows(
             kernel,
             room(&mut scratch.ds, n * n),
             (d_out, 1, dim),
             Epilogue::default(),
-        );
-        let [ds, ds_t] = pack_both_ways(
-            dp,
-            [n, n],
-            (&mut scratch.rows, &mut scratch.columns),
-            |i, rows| {
-                round_to_bf16_slice(rows);
-                softmax_backward_rows(rows, &p[i * n..][..rows.len()], n);
+            |_, block| {
+                both.pack(block, |i, rows| {
+                    round_to_bf16_slice(rows);
+                    softmax_backward_rows(rows, &p[i * n..][..rows.len()], n);
+                })
             },
         );
+        let [ds, ds_t] = both.packed();
         // dV = Pᵀ dO, after the softmax backward has streamed P into the cache
         let grad_out = Bf16Panels::pack((d_out, 1, dim), [n, d]);
         assert!(dv_offset + (n - 1) * ldc + d <= bands.1);
