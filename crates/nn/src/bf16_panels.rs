@@ -19,9 +19,11 @@ use std::mem::MaybeUninit;
 
 use crate::ops::bf16::round_to_bf16_scalar;
 
+mod convert;
 mod micro_kernel;
 mod packed_lhs;
 
+use convert::{consecutive_pairs, interleave_pairs, pair};
 pub use micro_kernel::Bf16Kernel;
 use micro_kernel::Tile;
 pub(crate) use packed_lhs::BothWays;
@@ -40,36 +42,6 @@ const _: () = assert!(ROW_TILE % 2 == 0);
 /// Values up to which packing stays on the calling thread.
 const SERIAL: usize = 1 << 16;
 
-/// `x` rounded to the nearest bf16 (ties to even), subnormals flushed to a signed zero, as
-/// the high half of an f32's bits.
-#[inline(always)]
-fn bf16_bits(x: f32) -> u32 {
-    let bits = round_to_bf16_scalar(x).to_bits() >> 16;
-    if bits & 0x7f80 == 0 { bits & 0x8000 } else { bits }
-}
-
-/// Two depth-consecutive values as one dword: the first in the low half.
-#[inline(always)]
-fn pair(first: f32, second: f32) -> u32 {
-    bf16_bits(first) | bf16_bits(second) << 16
-}
-
-// The pairs' first values are their low halves as `u16`s at the lower address.
-const _: () = assert!(cfg!(target_endian = "little"));
-
-crate::simd::multiversion! {
-    /// `x` as bf16 pairs of consecutive values ([`pair`]), `x.len() == 2 * out.len()`.
-    fn consecutive_pairs(out: &mut [u32], x: &[f32]) {
-        assert_eq!(x.len(), 2 * out.len());
-        // SAFETY: `u32`s are two `u16`s each, the first one the pair's first value's bits;
-        // the view borrows `out` exclusively.
-        let halves = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), x.len()) };
-        for (half, &x) in halves.iter_mut().zip(x) {
-            *half = bf16_bits(x) as u16;
-        }
-    }
-}
-
 /// `row` as bf16 pairs of consecutive values ([`consecutive_pairs`]), an odd last value paired
 /// with zero; `out.len() == row.len().div_ceil(2)`.
 #[inline(always)]
@@ -79,15 +51,6 @@ fn row_as_pairs(out: &mut [u32], row: &[f32]) {
     consecutive_pairs(&mut out[..k / 2], &row[..k / 2 * 2]);
     if k % 2 == 1 {
         out[k / 2] = pair(row[k - 1], 0.0);
-    }
-}
-
-crate::simd::multiversion! {
-    /// `(first[j], second[j])` as one bf16 pair each ([`pair`]).
-    fn interleave_pairs(out: &mut [MaybeUninit<u32>], first: &[f32], second: &[f32]) {
-        for ((out, &x), &y) in out.iter_mut().zip(first).zip(second) {
-            out.write(pair(x, y));
-        }
     }
 }
 
@@ -513,6 +476,7 @@ pub(crate) fn product_rows_bf16(
 
 #[cfg(test)]
 mod tests {
+    use super::convert::bf16_bits;
     use super::*;
 
     /// The definition: each output's pairs in depth order, the second value's product added
@@ -661,13 +625,5 @@ mod tests {
     fn the_hardware_kernel_runs_where_the_cpu_has_it() {
         let has = crate::ops::bf16::cpu_has_avx512_bf16();
         assert_eq!(Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16, has);
-    }
-
-    #[test]
-    fn rounding_flushes_subnormals_and_keeps_ties_even() {
-        assert_eq!(bf16_bits(1e-39), 0);
-        assert_eq!(bf16_bits(-1e-39), 0x8000);
-        assert_eq!(bf16_bits(1.0 + 2f32.powi(-8)), 0x3f80); // a tie, to the even 1.0
-        assert_eq!(pair(1.0, -2.0), 0xc000_3f80);
     }
 }
