@@ -1,5 +1,5 @@
 //! Picking among the backends compiled into this build (cargo features `flex`, `ndarray`,
-//! `tch`, `cuda`, `wgpu`).
+//! `tch`, `cuda`, `wgpu`), and seeding their random draws.
 
 use burn::tensor::Device;
 

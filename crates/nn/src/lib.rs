@@ -1,7 +1,8 @@
 //! The burn building blocks that gaze's models share.
 //!
 //! * [`device`]: the backends compiled into this build (cargo features `flex`, `ndarray`,
-//!   `tch`, `cuda`, `wgpu`) and parsing a device name.
+//!   `tch`, `cuda`, `wgpu`), parsing a device name, and seeded random draws that other
+//!   threads cannot disturb.
 //! * [`ops`]: the operations a transformer spends its time in (GELU, attention, the linear
 //!   layer, layer norm, patch embedding, convolution with a frozen batch norm, the optimiser's
 //!   `a x + b y`). Each is a function that takes burn modules and tensors, runs a fast CPU
