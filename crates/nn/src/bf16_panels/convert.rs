@@ -5,13 +5,15 @@
 
 use std::mem::MaybeUninit;
 
+use crate::ops::bf16::round_to_bf16_scalar;
+
 /// `x` as bf16 bits, as `vcvtne2ps2bf16` converts it: zeros and subnormals to a zero of
 /// their sign, NaNs truncated and made quiet, everything else rounded to the nearest
 /// (ties to even).
 #[inline(always)]
 pub(super) fn bf16_bits(x: f32) -> u32 {
     let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let rounded = round_to_bf16_scalar(x).to_bits() >> 16;
     let quiet_nan = (bits >> 16) | 0x40;
     let signed_zero = (bits >> 16) & 0x8000;
     if bits & 0x7f80_0000 == 0 {
